@@ -1,0 +1,2 @@
+"""ALFO (attribute-local feature overlap network) for torchreid."""
+__version__ = '0.1.0'

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='alfo-torchreid',
+    version='0.1.0',
+    description='ALFO (attribute-local feature overlap network) for torchreid',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['alfo_torchreid', 'alfo_torchreid.*']),
+    python_requires='>=3.9',
+    install_requires=[
+        'torch>=2.0',
+        'torchvision>=0.15',
+        'torchreid>=0.2.5',
+        # torchreid imports cv2 at import time but does not declare it.
+        'opencv-python-headless',
+        'numpy',
+        'scipy',
+        'gdown',
+        'yacs',
+        'tensorboard',
+        'matplotlib',
+        'Pillow',
+    ],
+    extras_require={'test': ['pytest', 'hypothesis']},
+)
