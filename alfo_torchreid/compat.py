@@ -159,16 +159,19 @@ def load_pretrained_weights(model, fpath, trust=False):
     return loaded, skipped
 
 
-def resume_from_checkpoint(fpath, model, optimizer=None, scheduler=None, trust=False):
+def resume_from_checkpoint(fpath, model, optimizer=None, scheduler=None, trust=False,
+                           checkpoint=None):
     """Safe counterpart of ``torchreid.utils.resume_from_checkpoint``.
 
-    Restores model weights (strictly), optimizer and scheduler state.
+    Restores model weights (strictly), optimizer and scheduler state; pass
+    ``checkpoint`` when it was already loaded from ``fpath``.
 
     Returns:
         (start_epoch, checkpoint): the epoch to continue from and the loaded dict,
         so that callers can restore what else they stored in it.
     """
-    checkpoint = load_checkpoint(fpath, trust)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(fpath, trust)
     try:
         model.load_state_dict(state_dict_of(checkpoint))
     except RuntimeError as exc:

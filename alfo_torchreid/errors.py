@@ -35,3 +35,7 @@ class UntrustedCheckpointError(CheckpointError):
 
 class DownloadError(AlfoError):
     """A file that could not be fetched or failed its checksum."""
+
+
+class TrainingError(AlfoError):
+    """Training cannot go on (e.g. a loss became NaN or infinite)."""

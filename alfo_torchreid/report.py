@@ -1,0 +1,140 @@
+"""Side-by-side report of finished runs: a table (Markdown, CSV) and two plots.
+
+Reads the ``metrics.json`` that ``tools/main.py`` writes in each run folder.
+``comparison.md`` / ``comparison.csv``: Rank-1/5/10, mAP, attribute mA,
+parameters, GFLOPs and training time per epoch of every run. ``cmc.png``: the
+CMC curves. ``attributes.png``: per-attribute accuracy of the runs that
+predict attributes.
+"""
+import csv
+import json
+import os
+import os.path as osp
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only; no display is needed or assumed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from alfo_torchreid.errors import AlfoError  # noqa: E402
+
+COLUMNS = ('run', 'model', 'dataset', 'rank1', 'rank5', 'rank10', 'mAP', 'attr_mA',
+           'params_M', 'GFLOPs', 'sec_per_epoch')
+
+
+def load_run(run_dir):
+    """The ``metrics.json`` of ``run_dir`` as a dict (``name`` defaults to the folder)."""
+    path = osp.join(run_dir, 'metrics.json')
+    if not osp.isfile(path):
+        raise AlfoError(f'run folder "{run_dir}" has no metrics.json: has the run finished '
+                        f'(tools/main.py writes it after the final test)?')
+    with open(path) as f:
+        run = json.load(f)
+    run.setdefault('name', osp.basename(osp.normpath(run_dir)))
+    return run
+
+
+def rows(runs):
+    """One table row per run and test dataset."""
+    table = []
+    for run in runs:
+        for dataset, res in run['results'].items():
+            cmc = res.get('cmc', [])
+            attrs = res.get('attributes') or {}
+            table.append({
+                'run': run['name'], 'model': run['model'], 'dataset': dataset,
+                'rank1': _pct(cmc, 0), 'rank5': _pct(cmc, 4), 'rank10': _pct(cmc, 9),
+                'mAP': 100 * res['mAP'] if 'mAP' in res else None,
+                'attr_mA': 100 * attrs['mA'] if 'mA' in attrs else None,
+                'params_M': run['params'] / 1e6, 'GFLOPs': run['gflops'],
+                'sec_per_epoch': run.get('train_time_per_epoch'),
+            })
+    return table
+
+
+def _pct(cmc, k):
+    return 100 * cmc[k] if len(cmc) > k else None
+
+
+def _cell(value):
+    if value is None:
+        return '-'
+    return f'{value:.2f}' if isinstance(value, float) else str(value)
+
+
+def markdown_table(table):
+    lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    lines += ['| ' + ' | '.join(_cell(r[c]) for c in COLUMNS) + ' |' for r in table]
+    return '\n'.join(lines) + '\n'
+
+
+def plot_cmc(runs, path, max_rank=20):
+    """CMC curves (matching rate in % against rank) of every run and dataset."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for run in runs:
+        for dataset, res in run['results'].items():
+            cmc = res.get('cmc', [])[:max_rank]
+            if cmc:
+                ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker='o',
+                        markersize=3, label=f'{run["name"]} ({dataset})')
+    ax.set_xlabel('rank')
+    ax.set_ylabel('matching rate (%)')
+    ax.set_title('CMC')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_attributes(runs, path):
+    """Grouped bars: per-attribute accuracy (%) of the runs that predict attributes.
+
+    Returns:
+        False (and writes an empty-notice figure) when no run has attribute results.
+    """
+    series = [(f'{run["name"]} ({dataset})', res['attributes']['accuracy'])
+              for run in runs for dataset, res in run['results'].items()
+              if res.get('attributes')]
+    names = list(series[0][1]) if series else []
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) * max(1, len(series))), 4.5))
+    if not series:
+        ax.text(0.5, 0.5, 'no run predicts attributes', ha='center', va='center')
+        ax.set_axis_off()
+    width = 0.8 / max(1, len(series))
+    for i, (label, accuracy) in enumerate(series):
+        xs = [j + i * width for j in range(len(names))]
+        ax.bar(xs, [100 * accuracy.get(n, float('nan')) for n in names], width, label=label)
+    if series:
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
+        ax.set_xticklabels(names, rotation=70, fontsize=8)
+        ax.set_ylabel('accuracy (%)')
+        ax.set_ylim(0, 100)
+        ax.set_title('Attribute accuracy (gallery)')
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return bool(series)
+
+
+def write_report(run_dirs, out_dir):
+    """Writes comparison.md, comparison.csv, cmc.png, attributes.png into ``out_dir``.
+
+    Returns:
+        The Markdown table (also printed by ``tools/compare.py``).
+    """
+    runs = [load_run(d) for d in run_dirs]
+    table = rows(runs)
+    os.makedirs(out_dir, exist_ok=True)
+    text = markdown_table(table)
+    with open(osp.join(out_dir, 'comparison.md'), 'w') as f:
+        f.write('# Comparison\n\nRank-k, mAP and attribute mA in %; params in millions; '
+                'GFLOPs per image; training seconds per epoch.\n\n' + text)
+    with open(osp.join(out_dir, 'comparison.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    plot_cmc(runs, osp.join(out_dir, 'cmc.png'))
+    plot_attributes(runs, osp.join(out_dir, 'attributes.png'))
+    return text

@@ -1,0 +1,44 @@
+"""Compare finished runs (or run configs first) in one table and two plots.
+
+    python tools/compare.py log/alfo_market log/pcb_market --out log/comparison
+    python tools/compare.py --configs configs/alfo_toy.yaml configs/pcb_toy.yaml
+
+Writes comparison.md, comparison.csv, cmc.png and attributes.png into --out
+and prints the table.
+"""
+import argparse
+import sys
+
+from alfo_torchreid import report
+from alfo_torchreid.errors import AlfoError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('runs', nargs='*', help='run folders holding metrics.json')
+    parser.add_argument('--configs', nargs='+', default=[],
+                        help='config files to run first (tools/main.py), then compare')
+    parser.add_argument('--out', default='log/comparison', help='folder for the report')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks of errors')
+    args = parser.parse_args(argv)
+    try:
+        runs = list(args.runs)
+        if args.configs:
+            from alfo_torchreid import run as run_lib
+            for config_file in args.configs:
+                runs.append(run_lib.main(config_file).save_dir)
+        if not runs:
+            parser.error('give run folders or --configs')
+        print(report.write_report(runs, args.out))
+        print(f'Report written to "{args.out}" (comparison.md, comparison.csv, cmc.png, '
+              f'attributes.png)')
+    except AlfoError as exc:
+        if args.debug:
+            raise
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

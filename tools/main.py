@@ -1,0 +1,57 @@
+"""Train and evaluate ALFO, or a torchreid baseline, with torchreid's loop.
+
+Used like torchreid's ``scripts/main.py``::
+
+    python tools/main.py --config-file configs/alfo_market.yaml --root reid-data
+    python tools/main.py --config-file configs/pcb_market.yaml --root reid-data
+    python tools/main.py --config-file configs/alfo_market.yaml \\
+        test.evaluate True model.load_weights log/alfo_market/model/model.pth.tar-60
+
+Trailing ``KEY VALUE`` pairs override the config. Errors in the user's input
+(config, data, weights) end with one line and exit status 2; ``--debug``
+shows the traceback instead.
+"""
+import argparse
+import sys
+
+import alfo_torchreid.run as run_lib
+from alfo_torchreid.errors import AlfoError
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--config-file', type=str, default='', help='path to a yaml config')
+    parser.add_argument('--root', type=str, default='', help='root of the datasets')
+    parser.add_argument('-s', '--sources', type=str, nargs='+', help='training datasets')
+    parser.add_argument('-t', '--targets', type=str, nargs='+', help='test datasets')
+    parser.add_argument('--transforms', type=str, nargs='+', help='data augmentation')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks of errors')
+    parser.add_argument('opts', default=None, nargs=argparse.REMAINDER,
+                        help='KEY VALUE pairs that override the config')
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.opts = args.opts or []
+    if '--debug' in args.opts:  # REMAINDER swallows flags given after the overrides
+        args.opts.remove('--debug')
+        args.debug = True
+    try:
+        run_lib.main(args.config_file, run_lib.command_line_overrides(args) + args.opts)
+    except AlfoError as exc:
+        if args.debug:
+            raise
+        sys.stdout.flush()
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

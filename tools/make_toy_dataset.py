@@ -1,0 +1,60 @@
+"""Writes the toy Market-1501 / DukeMTMC-reID (see ``alfo_torchreid.toy``).
+
+    python tools/make_toy_dataset.py --root reid-data --dataset all
+
+then point torchreid (``data.root``) at ``--root``.
+"""
+import argparse
+import sys
+
+from alfo_torchreid.errors import AlfoError
+from alfo_torchreid.toy import LAYOUTS, make_toy_dataset
+
+# Counts that exist in one of the real sets only.
+DATASET_ONLY = {'market1501': ('num_distractor_images', 'num_junk_images'),
+                'dukemtmcreid': ('num_distractor_ids',)}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--root', default='reid-data', help='folder to write under')
+    parser.add_argument('--dataset', default='all', choices=[*LAYOUTS, 'all'])
+    parser.add_argument('--num-train-ids', type=int, default=40)
+    parser.add_argument('--num-test-ids', type=int, default=30)
+    parser.add_argument('--images-per-id', type=int, default=8)
+    parser.add_argument('--queries-per-id', type=int, default=2,
+                        help='query images per test id, one per camera')
+    parser.add_argument('--cams-per-id', type=int, default=3,
+                        help='cameras that see each identity')
+    parser.add_argument('--num-cams', type=int, default=None,
+                        help='default: 6 (Market), 8 (Duke)')
+    parser.add_argument('--num-distractor-images', type=int, default=None,
+                        help='Market pid-0000 images (default 24)')
+    parser.add_argument('--num-junk-images', type=int, default=None,
+                        help='Market pid -1 images (default 24)')
+    parser.add_argument('--num-distractor-ids', type=int, default=None,
+                        help='Duke gallery-only identities (default 10)')
+    parser.add_argument('--height', type=int, default=128)
+    parser.add_argument('--width', type=int, default=64)
+    parser.add_argument('--seed', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = vars(parse_args(argv))
+    root, which = args.pop('root'), args.pop('dataset')
+    for dataset in (LAYOUTS if which == 'all' else [which]):
+        kwargs = dict(args)
+        if which == 'all':  # give each dataset only the counts it has
+            for other in set(DATASET_ONLY) - {dataset}:
+                for key in DATASET_ONLY[other]:
+                    kwargs.pop(key)
+        try:
+            print(make_toy_dataset(root, dataset, **kwargs).summary())
+        except AlfoError as exc:
+            sys.exit(f'error: {exc}')
+
+
+if __name__ == '__main__':
+    main()
