@@ -94,43 +94,44 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def model_signature(model):
-    """What a checkpoint must match to be loaded into ``model``: the number of
+def model_signature(num_classes, schema=None):
+    """What a checkpoint must match to be loaded into a model: the number of
     training identities and, for attribute models, the attribute schema."""
-    signature = {'num_classes': getattr(model, 'num_classes', None)}
-    schema = getattr(model, 'schema', None)
+    signature = {'num_classes': int(num_classes)}
     if schema is not None:
         signature['schema'] = schema.to_dict()
     return signature
 
 
-def check_signature(checkpoint, model, fpath):
-    """Raises CheckpointError naming what differs between checkpoint and model."""
-    saved = checkpoint.get('signature')
+def check_signature(checkpoint, fpath, num_classes, schema=None):
+    """Raises CheckpointError naming what differs between a checkpoint and a
+    model for ``num_classes`` identities and attribute ``schema``."""
+    saved = checkpoint.get('signature') if isinstance(checkpoint, dict) else None
     if not saved:
         return
-    own = model_signature(model)
-    if saved.get('num_classes') != own.get('num_classes'):
+    if saved['num_classes'] != num_classes:
         raise CheckpointError(
-            f'checkpoint "{fpath}" was trained with {saved.get("num_classes")} identities, '
-            f'the model has {own.get("num_classes")}: train and checkpoint datasets differ')
-    a, b = saved.get('schema'), own.get('schema')
-    if a and b and (a['names'], a['num_classes']) != (b['names'], b['num_classes']):
+            f'checkpoint "{fpath}" was trained with {saved["num_classes"]} identities, '
+            f'the model has {num_classes}: the training data differ')
+    a, b = saved.get('schema'), schema
+    if a and b is not None and (tuple(a['names']), tuple(a['num_classes'])) != \
+            (b.names, b.num_classes):
         raise CheckpointError(
             f'checkpoint "{fpath}" has the {a["dataset"]} attribute schema '
-            f'({len(a["names"])} attributes), the model has the {b["dataset"]} schema '
-            f'({len(b["names"])} attributes)')
+            f'({len(a["names"])} attributes), the model has the {b.dataset} schema '
+            f'({len(b)} attributes)')
 
 
-def load_training_state(fpath, model, optimizer=None, scheduler=None, trust=False,
-                        restore_rng=True):
-    """Resumes from ``fpath``: weights, optimizer, scheduler and RNG states.
+def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=None,
+                        trust=False, restore_rng=True):
+    """Resumes from ``fpath``: weights, optimizer, scheduler and RNG states,
+    after checking that the checkpoint fits ``num_classes`` and ``model.schema``.
 
     Returns:
         (start_epoch, checkpoint).
     """
     checkpoint = compat.load_checkpoint(fpath, trust)
-    check_signature(checkpoint, model, fpath)
+    check_signature(checkpoint, fpath, num_classes, getattr(model, 'schema', None))
     start_epoch, checkpoint = compat.resume_from_checkpoint(fpath, model, optimizer, scheduler,
                                                             trust=trust, checkpoint=checkpoint)
     if restore_rng and 'rng' in checkpoint:

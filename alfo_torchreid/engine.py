@@ -74,7 +74,7 @@ class BaselineEngine(compat.ImageSoftmaxEngine):
     def _check_finite(self, parts):
         """Stops training when a loss part is NaN or infinite (nothing is saved)."""
         for name, value in parts.items():
-            value = float(value)
+            value = value.item() if torch.is_tensor(value) else float(value)
             if not np.isfinite(value):
                 raise TrainingError(
                     f'loss part "{name}" is {value} at epoch {self.epoch + 1}, iteration '
@@ -98,7 +98,8 @@ class BaselineEngine(compat.ImageSoftmaxEngine):
             'optimizer': self.optimizer.state_dict(),
             'scheduler': None if self.scheduler is None else self.scheduler.state_dict(),
             'rng': checkpoints.rng_state(),
-            'signature': checkpoints.model_signature(self.model),
+            'signature': checkpoints.model_signature(self.datamanager.num_train_pids,
+                                                     getattr(self.model, 'schema', None)),
         }
         name = checkpoints.LATEST if latest else f'model.pth.tar-{epoch + 1}'
         fpath = osp.join(save_dir, 'model', name)

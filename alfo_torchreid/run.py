@@ -80,7 +80,8 @@ def _run(cfg):
     resume_path = resume_checkpoint(cfg)
     if resume_path:
         start_epoch, _ = checkpoints.load_training_state(
-            resume_path, model, optimizer, scheduler, trust=cfg.model.trust_checkpoint)
+            resume_path, model, datamanager.num_train_pids, optimizer, scheduler,
+            trust=cfg.model.trust_checkpoint)
         print(f'Resumed from "{resume_path}": continuing at epoch {start_epoch + 1}')
         cfg.defrost()
         cfg.train.start_epoch = start_epoch
@@ -149,7 +150,8 @@ def build_model(cfg, datamanager):
               f'skipped {len(skipped)}: {skipped[:8]}{" ..." if len(skipped) > 8 else ""}')
     if cfg.model.load_weights:
         checkpoint = compat.load_checkpoint(cfg.model.load_weights, cfg.model.trust_checkpoint)
-        checkpoints.check_signature(checkpoint, model, cfg.model.load_weights)
+        checkpoints.check_signature(checkpoint, cfg.model.load_weights, num_classes,
+                                    getattr(model, 'schema', None))
         loaded, skipped = compat.load_matching_weights(model, compat.state_dict_of(checkpoint))
         print(f'Loaded weights from "{cfg.model.load_weights}" ({len(loaded)} tensors, '
               f'{len(skipped)} skipped)')

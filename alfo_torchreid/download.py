@@ -1,0 +1,163 @@
+"""Atomic, checksum-verified downloads (annotation files, model weights).
+
+:func:`download` streams into a temporary file beside the destination, checks
+the byte count and the sha256, fsyncs, and only then renames it into place: the
+destination is either the complete verified file or left as it was, never a
+partial download.
+"""
+import hashlib
+import http.client
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+
+from alfo_torchreid.errors import DownloadError
+
+CHUNK_BYTES = 1 << 16
+
+
+def sha256_of(path):
+    """Hex sha256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url, dest, sha256=None, progress=True, timeout=60.0):
+    """Downloads ``url`` to ``dest`` atomically.
+
+    Args:
+        url (str): what to fetch (http, https or file).
+        dest (str): the file to write; its folder is created if needed. An
+            existing file is replaced only by a complete, verified download.
+        sha256 (str, optional): expected hex digest; None skips the check.
+        progress (bool or callable): True draws a progress bar on stderr; a
+            callable is called as ``progress(received_bytes, total_bytes_or_None)``
+            after every chunk (and, when the server announced no size, once more
+            at the end with ``total = received``); False reports nothing.
+        timeout (float): seconds a connection may stall before failing.
+
+    Returns:
+        str: the absolute path of ``dest``.
+
+    Raises:
+        DownloadError: offline, HTTP error, interrupted transfer or checksum
+            mismatch; the message names the URL and where to put the file by hand.
+    """
+    dest = os.path.abspath(os.path.expanduser(str(dest)))
+    folder = os.path.dirname(dest)
+    report = _ProgressBar(os.path.basename(dest)) if progress is True else progress or None
+    # A fresh name in the same folder (so that the rename is atomic), created
+    # with open() rather than mkstemp so that the file gets the umask's mode.
+    partial = os.path.join(folder, f'.{os.path.basename(dest)}.{secrets.token_hex(6)}.part')
+    try:
+        os.makedirs(folder, exist_ok=True)
+        out = open(partial, 'xb')
+    except OSError as exc:
+        raise DownloadError(f'cannot write to "{folder}" to download {url}: {exc}') from None
+    try:
+        with out:
+            digest = _fetch(url, dest, out, report, timeout)
+            _sync(out, dest)
+        if sha256 is not None and digest != sha256.lower():
+            raise DownloadError(
+                f'{url} has sha256 {digest}, expected {sha256}; not saved to "{dest}" '
+                '(a changed or corrupted file: download it again or get it from the source)')
+        try:
+            os.replace(partial, dest)
+        except OSError as exc:
+            raise DownloadError(f'cannot save the download of {url} as "{dest}": {exc}') from None
+        _fsync_folder(folder)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return dest
+
+
+def _fetch(url, dest, out, report, timeout):
+    """Streams ``url`` into the open file ``out``; returns the hex sha256."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = _content_length(response)
+            received = 0
+            for chunk in iter(lambda: response.read(CHUNK_BYTES), b''):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if report:
+                    report(received, total)
+            if report and total is None:
+                report(received, received)
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(f'{url} answered HTTP {exc.code} {exc.reason}; '
+                            f'nothing was saved to "{dest}"') from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise DownloadError(
+            f'could not download {url} ({type(exc).__name__}: {exc}). If this machine is '
+            f'offline, download it elsewhere and put it at "{dest}"') from None
+    if total is not None and received != total:
+        raise DownloadError(
+            f'download of {url} was interrupted after {received} of {total} bytes; '
+            f'nothing was saved to "{dest}" (try again, or put the file there by hand)')
+    return digest.hexdigest()
+
+
+def _sync(out, dest):
+    """Flushes ``out`` to the disk, so that the renamed file is complete after a crash."""
+    try:
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as exc:
+        raise DownloadError(f'cannot write the download for "{dest}": {exc}') from None
+
+
+def _content_length(response):
+    """The announced size in bytes, or None when absent or malformed."""
+    try:
+        return int(response.headers['Content-Length'])
+    except (TypeError, ValueError):
+        return None
+
+
+def _fsync_folder(folder):
+    """Makes the rename durable; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _ProgressBar:
+    """A one-line progress report on stderr, redrawn when the percentage changes."""
+
+    def __init__(self, name, stream=None, width=30):
+        self.name = name
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.shown = None
+
+    def __call__(self, received, total):
+        if total:
+            percent = min(100, received * 100 // total)
+            if percent == self.shown:
+                return
+            self.shown = percent
+            filled = self.width * percent // 100
+            line = (f'{self.name} [{"#" * filled}{"." * (self.width - filled)}] {percent:3d}% '
+                    f'{received / 1024:.1f}/{total / 1024:.1f} KiB')
+        else:
+            line = f'{self.name} {received / 1024:.1f} KiB'
+        end = '\n' if total is not None and received >= total else ''
+        self.stream.write(f'\r{line}{end}')
+        self.stream.flush()

@@ -1,0 +1,252 @@
+"""ALFO's losses: focal loss per attribute and stripe, the stripe vote, the total.
+
+How an attribute is scored (the layout of the stripe heads' logits):
+    a binary attribute has ONE logit ``z`` with ``p = sigmoid(z)`` = P(yes), as in
+    METHOD.md eq. 1; an attribute of ``c > 2`` classes (Market's age) has ``c``
+    logits and a softmax. The logits of all attributes sit side by side, in schema
+    order, in the last axis (width ``K = sum(attribute_logit_widths(...))``).
+
+Labels are 0-based and ``-1`` (unknown) is masked: it contributes no loss and
+no vote. Every tensor created here is created on the device of the inputs.
+"""
+from itertools import accumulate
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchreid
+
+from alfo_torchreid.attributes import UNKNOWN
+from alfo_torchreid.errors import ConfigError
+
+VOTE_MODES = ('majority', 'min', 'mean')
+
+# alpha = 0.5 weighs positives and negatives alike: the paper gives no value, and
+# RetinaNet's 0.25 (tuned for detection's rare foreground) would down-weight the
+# positives, which are the rare side of most attributes (hat, each colour). With
+# 0.5 the "no focal loss" ablation (gamma = 0, alpha = 0.5) differs from ALFO by
+# the focusing term alone. gamma = 2 is the focal-loss paper's default.
+DEFAULT_ALPHA = 0.5
+DEFAULT_GAMMA = 2.0
+
+
+def attribute_logit_widths(num_classes: Sequence[int]) -> Tuple[int, ...]:
+    """Logits per attribute: 1 for a binary attribute, ``c`` for ``c > 2`` classes."""
+    return tuple(1 if c == 2 else c for c in num_classes)
+
+
+def split_attribute_logits(logits, widths: Sequence[int]):
+    """Splits ``[..., K]`` into one ``[..., w_j]`` view per attribute, in schema order."""
+    return torch.split(logits, list(widths), dim=-1)
+
+
+def logits_to_probabilities(logits, widths: Sequence[int]):
+    """Per-logit probabilities ``[..., K]``: P(yes) (sigmoid) in a binary
+    attribute's column, the softmax over its slice for a multi-class one."""
+    return torch.cat([torch.sigmoid(z) if w == 1 else torch.softmax(z, dim=-1)
+                      for z, w in zip(split_attribute_logits(logits, widths), widths)], dim=-1)
+
+
+def _reduce(loss, valid, reduction):
+    if reduction == 'none':
+        return loss
+    if reduction == 'sum':
+        return loss.sum()
+    if reduction == 'mean':
+        return loss.sum() / valid.sum().clamp(min=1)
+    raise ConfigError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+
+
+def focal_loss(logits, target, alpha: float = DEFAULT_ALPHA, gamma: float = DEFAULT_GAMMA,
+               reduction: str = 'none'):
+    """Focal loss of METHOD.md eq. 1, binary or multi-class by the shapes given.
+
+    Binary (``logits.shape == target.shape``, one logit per sample, ``p = sigmoid``)::
+
+        FL = -alpha * (1 - p)^gamma * log p          if target == 1
+        FL = -(1 - alpha) * p^gamma * log(1 - p)     if target == 0
+
+    Multi-class (``logits`` has one more, last axis of ``c`` classes)::
+
+        FL = -alpha_t * (1 - p_t)^gamma * log p_t,   p_t = softmax(logits)[target]
+
+    with ``alpha_t = alpha`` for every class: a multi-class attribute has no
+    positive/negative side to balance, and this keeps ``gamma = 0, alpha = 0.5``
+    equal to half the cross entropy in both forms.
+
+    Args:
+        logits: ``[...]`` (binary) or ``[..., c]`` (multi-class), raw scores.
+        target: ``[...]`` integer labels (0/1, or ``0..c-1``); ``-1`` is masked.
+        alpha, gamma: as above; ``gamma = 0`` gives (alpha-weighted) cross entropy.
+        reduction: ``'none'`` (``[...]``, 0 at masked entries), ``'sum'``, or
+            ``'mean'`` over the unmasked entries (0 if there are none).
+    """
+    valid = target != UNKNOWN
+    if logits.shape == target.shape:
+        positive = target == 1
+        log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+        log_p_true = torch.where(positive, log_p, log_not_p)
+        p_false = torch.sigmoid(torch.where(positive, -logits, logits))
+        weight = torch.where(positive, alpha, 1 - alpha)
+    elif logits.shape[:-1] == target.shape:
+        log_probs = F.log_softmax(logits, dim=-1)
+        log_p_true = log_probs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        p_false = -torch.expm1(log_p_true)
+        weight = alpha
+    else:
+        raise ValueError(f'focal_loss: logits {tuple(logits.shape)} fit neither a binary '
+                         f'(same shape) nor a multi-class (one more axis) target '
+                         f'{tuple(target.shape)}')
+    modulation = p_false.clamp(min=0).pow(gamma) if gamma else 1.0
+    loss = torch.where(valid, -weight * modulation * log_p_true, 0.0)
+    return _reduce(loss, valid, reduction)
+
+
+def attribute_losses(attr_logits, attrs, widths: Sequence[int],
+                     alpha: float = DEFAULT_ALPHA, gamma: float = DEFAULT_GAMMA):
+    """Focal loss of every sample, stripe and attribute.
+
+    Args:
+        attr_logits: ``[B, P, K]`` logits of the ``P`` stripes' heads.
+        attrs: ``[B, m]`` 0-based labels, ``-1`` unknown.
+        widths: logits per attribute (:func:`attribute_logit_widths`), ``len m``.
+
+    Returns:
+        (losses ``[B, P, m]``, 0 where the label is unknown; valid ``[B, m]`` bool).
+    """
+    B, P, _ = attr_logits.shape
+    device = attr_logits.device
+    widths = list(widths)
+    targets = attrs.unsqueeze(1).expand(B, P, len(widths))
+    offsets = [0, *accumulate(widths)][:-1]
+    binary = [j for j, w in enumerate(widths) if w == 1]
+    binary_index = torch.tensor(binary, dtype=torch.long, device=device)
+    columns = torch.tensor([offsets[j] for j in binary], dtype=torch.long, device=device)
+    losses = attr_logits.new_zeros(B, P, len(widths))
+    losses[..., binary_index] = focal_loss(attr_logits.index_select(2, columns),
+                                           targets.index_select(2, binary_index), alpha, gamma)
+    for j, (w, start) in enumerate(zip(widths, offsets)):
+        if w > 1:  # the few multi-class attributes (Market: age)
+            losses[..., j] = focal_loss(attr_logits[..., start:start + w], targets[..., j],
+                                        alpha, gamma)
+    return losses, attrs != UNKNOWN
+
+
+def vote(losses, mode: str = 'majority', valid=None):
+    """Picks, per attribute, the stripe whose loss trains it (METHOD.md, "Vote").
+
+    Modes:
+        ``majority``: each valid sample votes for its lowest-loss stripe (ties:
+            lower index); the stripe with most votes (ties: lower index) wins and
+            the attribute's loss is that stripe's mean loss over the valid samples.
+        ``min``: the stripe with the lowest mean loss over the valid samples wins.
+        ``mean``: no winner; the loss is the mean over stripes of those means.
+
+    The gradient reaches only the winning stripe's losses (all stripes for ``mean``).
+    An attribute with no valid sample has loss 0 and winner -1.
+
+    Args:
+        losses: ``[B, P]`` (one attribute) or ``[B, P, m]`` per-sample losses.
+        mode: one of :data:`VOTE_MODES`.
+        valid: ``[B]`` or ``[B, m]`` bool; all valid if None.
+
+    Returns:
+        (loss ``[]`` or ``[m]``, winning stripe ``[]`` or ``[m]`` long, -1 for none).
+    """
+    if mode not in VOTE_MODES:
+        raise ConfigError(f'vote mode must be one of {VOTE_MODES}, got {mode!r}')
+    single = losses.dim() == 2
+    if single:
+        losses = losses.unsqueeze(2)
+        valid = None if valid is None else valid.unsqueeze(1)
+    if valid is None:
+        valid = torch.ones_like(losses[:, 0], dtype=torch.bool)
+    mask = valid.unsqueeze(1)  # [B, 1, m]
+    num_valid = valid.sum(0)  # [m]
+    stripe_means = torch.where(mask, losses, 0.0).sum(0) / num_valid.clamp(min=1)  # [P, m]
+    if mode == 'mean':
+        loss = stripe_means.mean(0)
+        winner = torch.full_like(num_valid, -1)
+    else:
+        if mode == 'majority':
+            ballots = F.one_hot(losses.detach().argmin(1), losses.shape[1])  # [B, m, P]
+            tally = (ballots * valid.unsqueeze(2)).sum(0)  # [m, P]
+            winner = tally.argmax(1)
+        else:
+            winner = stripe_means.detach().argmin(0)
+        loss = stripe_means.gather(0, winner.unsqueeze(0)).squeeze(0)
+        winner = torch.where(num_valid > 0, winner, -1)
+    if single:
+        return loss.squeeze(0), winner.squeeze(0)
+    return loss, winner
+
+
+class ALFOLossOutput(NamedTuple):
+    """What :class:`ALFOLoss` returns; the parts are for logging.
+
+    total: the scalar to minimise. id: identity loss (None without the global
+    branch). attr: mean voted attribute loss (None without the local branch).
+    per_attribute: ``[m]`` voted loss of each attribute. winners: ``[m]`` winning
+    stripe of each attribute (-1: no vote), for ``ALFO.record_votes``.
+    """
+    total: torch.Tensor
+    id: Optional[torch.Tensor]
+    attr: Optional[torch.Tensor]
+    per_attribute: Optional[torch.Tensor]
+    winners: Optional[torch.Tensor]
+
+
+class ALFOLoss(nn.Module):
+    """``total = id_weight * L_ID + attr_weight * mean_j L_att(j)`` (APR eq. 3).
+
+    ``L_ID`` is torchreid's label-smoothing cross entropy; ``L_att(j)`` is the
+    voted focal loss of attribute ``j``, and the mean runs over the attributes
+    with at least one known label in the batch.
+
+    Args:
+        num_classes: training identities.
+        widths: logits per attribute (:func:`attribute_logit_widths`).
+        id_weight: lambda. attr_weight: w.
+        alpha, gamma: focal loss parameters.
+        focal: False for the "no focal loss" ablation: gamma = 0, alpha = 0.5,
+            i.e. half the cross entropy (METHOD.md, Table 1).
+        vote_mode: see :func:`vote`.
+        label_smooth: torchreid's label smoothing of ``L_ID``.
+        use_gpu: as torchreid's CrossEntropyLoss, which moves its targets with
+            ``.cuda()`` when set.
+    """
+
+    def __init__(self, num_classes, widths, id_weight=1.0, attr_weight=1.0,
+                 alpha=DEFAULT_ALPHA, gamma=DEFAULT_GAMMA, focal=True,
+                 vote_mode='majority', label_smooth=True, use_gpu=True):
+        super().__init__()
+        if vote_mode not in VOTE_MODES:
+            raise ConfigError(f'vote mode must be one of {VOTE_MODES}, got {vote_mode!r}')
+        self.widths = tuple(widths)
+        self.id_weight, self.attr_weight = id_weight, attr_weight
+        self.alpha, self.gamma = (alpha, gamma) if focal else (0.5, 0.0)
+        self.vote_mode = vote_mode
+        self.id_loss = torchreid.losses.CrossEntropyLoss(
+            num_classes, use_gpu=use_gpu, label_smooth=label_smooth)
+
+    def forward(self, outputs, pids, attrs):
+        """
+        Args:
+            outputs: the model's training output (``id_logits [B, N]`` or None,
+                ``attr_logits [B, P, K]`` or None).
+            pids: ``[B]`` identity labels. attrs: ``[B, m]`` labels, -1 unknown.
+        """
+        total = id_loss = attr_loss = per_attribute = winners = None
+        if outputs.id_logits is not None:
+            id_loss = self.id_loss(outputs.id_logits, pids)
+            total = self.id_weight * id_loss
+        if outputs.attr_logits is not None:
+            losses, valid = attribute_losses(outputs.attr_logits, attrs, self.widths,
+                                             self.alpha, self.gamma)
+            per_attribute, winners = vote(losses, self.vote_mode, valid)
+            known = valid.any(0)
+            attr_loss = per_attribute.sum() / known.sum().clamp(min=1)
+            weighted = self.attr_weight * attr_loss
+            total = weighted if total is None else total + weighted
+        return ALFOLossOutput(total, id_loss, attr_loss, per_attribute, winners)

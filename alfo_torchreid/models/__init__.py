@@ -1,0 +1,31 @@
+"""ALFO's models and their registration into torchreid's model factory."""
+from alfo_torchreid import compat
+from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA
+from alfo_torchreid.models.alfo import ALFO, ALFOOutputs, StripeAttributeHeads
+from alfo_torchreid.models.stripes import StripeGeometry, overlapping_stripes, pool_stripes
+
+
+def alfo(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs):
+    """ALFO with Market-1501_attribute's 27 attributes, in torchreid's factory
+    signature. ``use_gpu`` is accepted for torchreid's ``build_model`` and
+    unused (the engine places the model); ``kwargs`` go to :class:`ALFO`."""
+    return ALFO(num_classes, schema=MARKET_SCHEMA, loss=loss, pretrained=pretrained, **kwargs)
+
+
+def alfo_duke(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs):
+    """ALFO with DukeMTMC-attribute's 23 attributes; as :func:`alfo` otherwise."""
+    return ALFO(num_classes, schema=DUKE_SCHEMA, loss=loss, pretrained=pretrained, **kwargs)
+
+
+MODELS = {'alfo': alfo, 'alfo_duke': alfo_duke}
+
+
+def register():
+    """Adds :data:`MODELS` to torchreid's model factory, so that
+    ``torchreid.models.build_model('alfo', ...)`` builds ALFO and
+    ``show_avai_models()`` lists it. Idempotent."""
+    compat.model_factory().update(MODELS)
+
+
+__all__ = ['ALFO', 'ALFOOutputs', 'StripeAttributeHeads', 'StripeGeometry', 'MODELS',
+           'alfo', 'alfo_duke', 'overlapping_stripes', 'pool_stripes', 'register']

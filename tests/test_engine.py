@@ -1,0 +1,191 @@
+"""ImageFocalVoteEngine on the toy dataset: it learns, tests, and places tensors right."""
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchreid
+
+import alfo_torchreid  # noqa: F401  (registers market1501_attr and alfo)
+from alfo_torchreid.engine import HISTORY, ImageFocalVoteEngine
+from alfo_torchreid.errors import TrainingError
+from alfo_torchreid.models import ALFO
+from fake_cuda import cuda_reported_available, fake_cuda
+
+EPOCHS = 8  # x 4 iterations of batch 8 on the 32 toy training images
+
+
+def make_datamanager(root, **kwargs):
+    options = dict(root=str(root), sources='market1501_attr', height=128, width=64,
+                   batch_size_train=8, batch_size_test=32, workers=0, use_gpu=False,
+                   transforms=['random_flip'])
+    options.update(kwargs)
+    return torchreid.data.ImageDataManager(**options)
+
+
+def make_engine(datamanager, lr=1e-3):
+    torch.manual_seed(0)
+    model = ALFO(datamanager.num_train_pids, schema=datamanager.train_loader.dataset.schema,
+                 last_stride=1, num_parts=6)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return ImageFocalVoteEngine(datamanager, model, optimizer, use_gpu=False)
+
+
+@pytest.fixture(scope='module')
+def trained(toy_root, tmp_path_factory):
+    """One short ALFO run; returns (engine, save_dir, printed output)."""
+    torchreid.utils.set_random_seed(0)
+    engine = make_engine(make_datamanager(toy_root))
+    save_dir = tmp_path_factory.mktemp('alfo-run')
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        engine.run(save_dir=str(save_dir), max_epoch=EPOCHS, print_freq=100)
+    return engine, save_dir, printed.getvalue()
+
+
+def history(save_dir):
+    return [json.loads(line) for line in (save_dir / HISTORY).read_text().splitlines()]
+
+
+def test_total_loss_falls(trained):
+    _, save_dir, _ = trained
+    losses = [h['loss'] for h in history(save_dir)]
+    assert len(losses) == EPOCHS
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert all(h['loss_attr'] > 0 and h['loss_id'] > 0 for h in history(save_dir))
+
+
+def test_attribute_accuracy_on_training_images_beats_majority_class(trained, toy_root):
+    engine, _, _ = trained
+    train_eval = make_datamanager(toy_root, transforms=None).train_loader.dataset
+    train_eval.transform = engine.datamanager.transform_te
+    images = torch.stack([train_eval[i]['img'] for i in range(len(train_eval))])
+    labels = torch.stack([train_eval[i]['attrs'] for i in range(len(train_eval))])
+    engine.model.eval()
+    with torch.no_grad():
+        predicted = engine.model.predict_attributes(images)
+    accuracy = (predicted == labels).float().mean(0)
+    majority = torch.stack([torch.bincount(col).max() / len(col) for col in labels.T])
+    assert accuracy.mean() > majority.mean() + 0.02, (accuracy.mean(), majority.mean())
+
+
+def test_test_prints_reid_and_attribute_results(trained):
+    engine, _, printed = trained
+    assert 'Rank-1' in printed and 'mAP' in printed
+    assert '** Attribute results on market1501_attr' in printed
+    results = engine.results['market1501_attr']
+    assert 0 <= results['rank1'] <= 1 and 0 <= results['mAP'] <= 1
+    assert results['rank1'] == results['cmc'][0]
+    attrs = results['attributes']
+    assert set(attrs['accuracy']) == set(engine.schema.names)
+    assert len(attrs['group_accuracy']) == 12  # the annotators' Market protocol
+
+
+def test_vote_tally_is_counted_and_survives_the_state_dict(trained):
+    engine, _, _ = trained
+    model = engine.model
+    tally = model.vote_counts
+    # one vote per attribute per iteration (every toy attribute is known)
+    assert (tally.sum(1) == EPOCHS * 4).all(), tally.sum(1)
+    clone = ALFO(model.classifier.out_features, schema=model.schema, last_stride=1, num_parts=6)
+    clone.load_state_dict(model.state_dict())
+    clone.eval()
+    images = torch.randn(3, 3, 128, 64)
+    assert torch.equal(clone.vote_counts, tally)
+    assert torch.equal(clone.predict_attributes(images), model.predict_attributes(images))
+
+
+def test_checkpoints_hold_rng_and_signature(trained):
+    _, save_dir, _ = trained
+    from alfo_torchreid.compat import load_checkpoint
+    checkpoint = load_checkpoint(save_dir / 'model' / 'latest.pth.tar')
+    assert checkpoint['epoch'] == EPOCHS
+    assert checkpoint['signature']['schema']['dataset'] == 'market1501'
+    assert {'python', 'numpy', 'torch'} <= set(checkpoint['rng'])
+
+
+def test_batch_without_attributes_is_refused(toy_root):
+    engine = make_engine(make_datamanager(toy_root))
+    batch = next(iter(engine.train_loader))
+    del batch['attrs']
+    with pytest.raises(TrainingError, match='carry no "attrs".*market1501_attr'):
+        engine.forward_backward(batch)
+
+
+def test_non_finite_loss_stops_training_naming_the_part(toy_root, tmp_path):
+    engine = make_engine(make_datamanager(toy_root))
+    engine.epoch, engine.batch_idx, engine.save_dir = 2, 4, str(tmp_path)
+    batch = next(iter(engine.train_loader))
+    batch['img'][:] = float('nan')
+    with pytest.raises(TrainingError, match=r'"loss" is nan at epoch 3, iteration 5'):
+        engine.forward_backward(batch)
+
+
+# -- device placement (no GPU here: a fake CUDA device checks the rule) ----
+
+def _one_step_on_fake_gpu(datamanager, batch):
+    """One forward_backward with use_gpu=True on the fake device; returns the
+    tensors that were moved with .cuda()."""
+    torch.manual_seed(0)
+    model = ALFO(datamanager.num_train_pids, schema=datamanager.train_loader.dataset.schema)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with cuda_reported_available():  # torchreid: use_gpu = cuda available and asked for
+        engine = ImageFocalVoteEngine(datamanager, model, optimizer, use_gpu=True)
+    assert engine.use_gpu
+    with fake_cuda(model) as moved:
+        engine.forward_backward(batch)
+    return moved
+
+
+@pytest.fixture(scope='module')
+def placement(toy_root):
+    datamanager = make_datamanager(toy_root)
+    return datamanager, next(iter(datamanager.train_loader))
+
+
+def test_every_batch_tensor_moves_to_the_gpu(placement):
+    moved = _one_step_on_fake_gpu(*placement)
+    batch = placement[1]
+    for key in ('img', 'pid', 'attrs'):
+        assert any(t is batch[key] for t in moved), f'{key} was not moved with .cuda()'
+
+
+def test_fake_gpu_catches_a_batch_tensor_left_on_the_cpu(placement, monkeypatch):
+    original = ImageFocalVoteEngine.parse_data_for_train
+
+    def keep_attrs_on_cpu(self, data):
+        imgs, pids, attrs = original(self, data)
+        return imgs, pids, _NoCuda(attrs)
+
+    monkeypatch.setattr(ImageFocalVoteEngine, 'parse_data_for_train', keep_attrs_on_cpu)
+    with pytest.raises(AssertionError, match='not moved to the device'):
+        _one_step_on_fake_gpu(*placement)
+
+
+def test_fake_gpu_catches_a_cpu_tensor_created_in_the_loss(placement, monkeypatch):
+    from alfo_torchreid import losses
+    original = losses.vote
+
+    def vote_with_cpu_zeros(per_sample, mode='majority', valid=None):
+        loss, winner = original(per_sample, mode, valid)
+        return loss + torch.zeros(loss.shape), winner
+
+    monkeypatch.setattr(losses, 'vote', vote_with_cpu_zeros)
+    with pytest.raises(AssertionError, match='not moved to the device'):
+        _one_step_on_fake_gpu(*placement)
+
+
+class _NoCuda(torch.Tensor):
+    """A tensor whose .cuda() leaves it on the CPU (a forgotten move)."""
+
+    def cuda(self, *args, **kwargs):
+        return self.as_subclass(torch.Tensor)
+
+
+def test_majority_rate_helper_is_not_trivially_high(toy_datasets):
+    # the accuracy test above is meaningful only if the majority rate is < 1
+    labels = np.stack(list(toy_datasets['market1501'].train_labels.values()))
+    majority = np.mean([np.bincount(col).max() / len(col) for col in labels.T])
+    assert majority < 0.95
