@@ -323,8 +323,9 @@ def attribute_metrics(pred, target, schema, probs=None):
         - ``instance_accuracy``, ``instance_precision``, ``instance_recall``,
           ``instance_f1``: over the binary attributes with a known label, per
           sample |P and G| / |P or G|, |P and G| / |P| and |P and G| / |G| (P:
-          the attributes predicted positive, G: those truly positive), averaged over samples with a known binary label;
-          a ratio 0/0 counts as 1 (the sample made no error of that kind). F1
+          the attributes predicted positive, G: those truly positive),
+          averaged over the samples with a known binary label; a ratio 0/0
+          counts as 1 (the sample made no error of that kind). F1
           is 2PR/(P+R) of the averaged precision and recall, as in Li et al.
           (RAP, 2016); Jia et al. (2021) average per-sample F1 instead.
         - ``group_accuracy``: the annotators' protocol: every attribute outside

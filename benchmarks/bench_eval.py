@@ -234,9 +234,10 @@ def main():
         torchreid_repeats = lambda entries: 5 if entries <= 2e6 else 3 if entries <= 6e6 else 1
 
     info = machine()
+    cython = 'yes' if info['torchreid_cython'] else 'not importable'
     print(f'CPU: {info["cpu"]} ({info["cpu_cores"]} cores); numpy {info["numpy"]}, '
           f'torch {info["torch"]}, torchreid {info["torchreid"]}, '
-          f'torchreid Cython evaluator: {"yes" if info["torchreid_cython"] else "not importable"}; '
+          f'torchreid Cython evaluator: {cython}; '
           f'load average {info["load_average_1min_at_start"]:.1f}')
     header = ['   queries x gallery', '  ours (s)']
     for name in list(evaluators())[1:]:

@@ -19,7 +19,7 @@ def images():
     return torch.randn(B, 3, 128, 32, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture
 def model():
     torch.manual_seed(0)
     return ALFO(NUM_IDS)  # last stride 1: 128x32 images give an 8x2 map
@@ -58,12 +58,13 @@ def test_geometry_errors_name_the_height_and_part_count():
         overlapping_stripes(16, 6, stripe_height=6, stripe_stride=3)
 
 
-def test_pool_stripes_averages_each_window():
+def test_pool_stripes_averages_the_map_and_each_window():
     fmap = torch.randn(2, 3, 16, 5)
     g = overlapping_stripes(16, 6)
-    pooled = pool_stripes(fmap.mean(3), g)
-    naive = torch.stack([fmap[:, :, s:s + g.height].mean((2, 3)) for s in g.starts], dim=2)
-    assert pooled.shape == (2, 3, 6) and torch.allclose(pooled, naive, atol=1e-6)
+    pooled = pool_stripes(fmap, g)
+    naive = [fmap.mean((2, 3))] + [fmap[:, :, s:s + g.height].mean((2, 3)) for s in g.starts]
+    assert pooled.shape == (2, 3, 7)
+    assert torch.allclose(pooled, torch.stack(naive, dim=2), atol=1e-6)
 
 
 def test_too_short_feature_map_fails_with_a_clear_error(images):
@@ -209,6 +210,10 @@ def test_attribute_prediction_rules(model, images):
     assert torch.allclose(probs[26][:, 1], yes_mean, atol=1e-6)
     assert torch.allclose(mean_probs[0], torch.softmax(stripe_logits[:, :, :4], 2).mean(1),
                           atol=1e-6)
+    with torch.no_grad():
+        feature, probs_one_pass = model.features_and_attributes(images)
+        assert torch.allclose(feature, model(images), atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(probs_one_pass, probs))
     assert labels.dtype == torch.long and labels.shape == (B, 27)
     assert torch.equal(labels[:, 0], probs[0].argmax(1))
     assert torch.equal(labels[:, 1], (yes > 0.5).long())

@@ -12,9 +12,8 @@ torchreid's ResNet-50 backbone with two branches on its 2048-channel map:
   per stripe) against the backbone's ~20-35 G at 128x64, so no per-stripe
   reduction layer (PCB's 2048 -> 256) is needed for speed.
 
-Both pools start from the map's row means (``fmap.mean(3)``), so the backward
-pass spreads a single gradient over the full-size map; the local branch then
-adds only small tensors to a training step.
+The global and stripe pools are one matrix product (:func:`.stripes.pool_stripes`),
+so the local branch adds only small tensors to a training step.
 
 ``ALFO`` subclasses torchreid's ``ResNet`` so that its backbone parameters keep
 torchreid's names: ImageNet weights and torchreid's ``resnet50`` re-ID
@@ -146,19 +145,22 @@ class ALFO(compat.ResNet):
         if pretrained:
             load_backbone_weights(self, pretrained)
 
-    def pool(self, fmap):
-        """``[B, C, H, W]`` feature map -> (global ``[B, C]``, stripes ``[B, C, P]``),
-        both average pools, computed from the map's row means."""
-        rows = fmap.mean(3)
-        geometry = overlapping_stripes(rows.shape[2], self.num_parts,
+    def pool(self, fmap, stripes=True):
+        """``[B, C, H, W]`` feature map -> (global ``[B, C]``, stripes ``[B, C, P]``
+        or None if not ``stripes``), average pools."""
+        if not stripes:
+            return self.global_avgpool(fmap).flatten(1), None
+        geometry = overlapping_stripes(fmap.shape[2], self.num_parts,
                                        self.stripe_height, self.stripe_stride)
-        return rows.mean(2), pool_stripes(rows, geometry)
+        pooled = pool_stripes(fmap, geometry)
+        return pooled[:, :, 0], pooled[:, :, 1:]
 
     def forward(self, x):
         """``[B, 3, H, W]`` images -> :class:`ALFOOutputs` (train) or ``[B, D]`` (eval)."""
-        whole, stripes = self.pool(self.featuremaps(x))
+        fmap = self.featuremaps(x)
         if not self.training:
-            return self.retrieval_feature(whole, stripes)
+            return self.retrieval_feature(*self.pool(fmap, stripes=self.feature != 'global'))
+        whole, stripes = self.pool(fmap, stripes=self.attribute_heads is not None)
         id_logits = attr_logits = None
         if self.classifier is not None:
             id_logits = self.classifier(whole)
@@ -193,8 +195,19 @@ class ALFO(compat.ResNet):
             list of ``m`` tensors ``[B, c_j]`` in schema order; a binary
             attribute's is ``[P(no), P(yes)]``.
         """
-        stripe_probs = logits_to_probabilities(self.attribute_logits(images),
-                                               self.logit_widths)  # [B, P, K]
+        return self.probabilities_from_logits(self.attribute_logits(images))
+
+    def features_and_attributes(self, images):
+        """One backbone pass -> (retrieval feature ``[B, D]`` as in eval mode,
+        attribute probabilities as :meth:`attribute_probabilities`)."""
+        self._require_local_branch()
+        whole, stripes = self.pool(self.featuremaps(images))
+        return (self.retrieval_feature(whole, stripes),
+                self.probabilities_from_logits(self.attribute_heads(stripes)))
+
+    def probabilities_from_logits(self, attr_logits):
+        """``[B, P, K]`` stripe logits -> :meth:`attribute_probabilities`' list."""
+        stripe_probs = logits_to_probabilities(attr_logits, self.logit_widths)  # [B, P, K]
         probs = stripe_probs.mean(1)
         if self.attr_pred == 'voted':
             column_stripe = self.winning_stripes()[self.column_attribute]  # [K]

@@ -16,7 +16,7 @@ cut at all.
 from functools import lru_cache
 from typing import NamedTuple, Optional, Tuple
 
-import torch.nn.functional as F
+import torch
 
 from alfo_torchreid.errors import ConfigError
 
@@ -83,17 +83,37 @@ def overlapping_stripes(map_height: int, num_parts: int = 6,
     return StripeGeometry(H, P, h, s)
 
 
-def pool_stripes(row_means, geometry: StripeGeometry):
-    """Average-pools every stripe (as PCB), all stripes in one pooling op.
-
-    Args:
-        row_means: ``[B, C, H]``, the feature map averaged over its width
-            (``fmap.mean(3)``; the model shares it with the global pool, so
-            that the backward pass spreads one gradient over the full map).
-        geometry: from :func:`overlapping_stripes`, ``map_height == H``.
+def pooling_matrix(geometry: StripeGeometry, width: int, device=None, dtype=torch.float32):
+    """Weights that average a flattened ``H x W`` map over the whole map and each stripe.
 
     Returns:
-        ``[B, C, P]``: column ``i`` is the mean of stripe ``i`` (top to bottom)
-        over its ``height x W`` window.
+        ``[H * W, 1 + P]``: column 0 holds ``1 / (H W)`` everywhere; column
+        ``1 + i`` holds ``1 / (h W)`` on the cells of stripe ``i``, 0 elsewhere.
     """
-    return F.avg_pool1d(row_means, geometry.height, geometry.stride)
+    H, h = geometry.map_height, geometry.height
+    row = torch.arange(H, device=device).unsqueeze(1)  # [H, 1]
+    top = torch.arange(geometry.num_parts, device=device) * geometry.stride  # [P]
+    in_stripe = (row >= top) & (row < top + h)  # [H, P]
+    weights = torch.cat((torch.full((H, 1), 1 / (H * width), device=device, dtype=dtype),
+                         in_stripe.to(dtype) / (h * width)), dim=1)
+    return weights.repeat_interleave(width, dim=0)
+
+
+def pool_stripes(feature_map, geometry: StripeGeometry):
+    """Average-pools the whole map and every stripe (as PCB) in one matrix product.
+
+    One product instead of two pools: its backward pass spreads a single
+    gradient over the full-size map, so the stripes cost a training step
+    about as little as the global pool alone.
+
+    Args:
+        feature_map: ``[B, C, H, W]`` with ``H == geometry.map_height``.
+        geometry: from :func:`overlapping_stripes`.
+
+    Returns:
+        ``[B, C, 1 + P]``: column 0 is the global average pool; column ``1 + i``
+        the mean of stripe ``i`` (top to bottom) over its ``height x W`` window.
+    """
+    weights = pooling_matrix(geometry, feature_map.shape[3], feature_map.device,
+                             feature_map.dtype)
+    return feature_map.flatten(2) @ weights

@@ -1,0 +1,127 @@
+"""tools/main.py and tools/compare.py end to end, as a user runs them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ['train.max_epoch', '1', 'train.batch_size', '16', 'test.batch_size', '64',
+        'train.print_freq', '1']
+
+
+def main_py(*args, cwd=REPO):
+    """Runs tools/main.py in a fresh interpreter; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(REPO / 'tools' / 'main.py'), *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def train(config, root, save_dir, *extra):
+    proc = main_py('--config-file', REPO / 'configs' / config, '--root', root,
+                   *TINY, 'data.save_dir', save_dir, *extra)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def metrics(save_dir):
+    return json.loads((Path(save_dir) / 'metrics.json').read_text())
+
+
+@pytest.fixture(scope='module')
+def runs(toy_root, tmp_path_factory):
+    """One-epoch ALFO and PCB runs on the toy tree: {'alfo': dir, 'pcb': dir}."""
+    base = tmp_path_factory.mktemp('runs')
+    out = {}
+    for name in ('alfo', 'pcb'):
+        train(f'{name}_toy.yaml', toy_root, base / name)
+        out[name] = base / name
+    return out
+
+
+@pytest.mark.parametrize('name', ['alfo', 'pcb'])
+def test_run_writes_metrics_checkpoint_and_logs(runs, name):
+    run = runs[name]
+    result = metrics(run)
+    assert result['model'] == {'alfo': 'alfo', 'pcb': 'pcb_p6'}[name]
+    reid = result['results']['market1501_attr']
+    assert 0 <= reid['mAP'] <= 1 and reid['rank1'] == reid['cmc'][0]
+    assert result['params'] > 20e6 and result['gflops'] > 0
+    assert (run / 'model' / 'model.pth.tar-1').is_file()
+    assert (run / 'model' / 'latest.pth.tar').is_file()
+    assert 'Rank-1' in (run / 'train.log').read_text()
+    assert any(p.name.startswith('events.out.tfevents') for p in run.iterdir())
+    assert ('attributes' in reid) == (name == 'alfo')
+
+
+def test_eval_only_reproduces_the_final_test(runs, toy_root, tmp_path):
+    trained = metrics(runs['alfo'])['results']['market1501_attr']
+    main = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
+                   *TINY, 'data.save_dir', tmp_path, 'test.evaluate', 'True',
+                   'model.load_weights', runs['alfo'] / 'model' / 'model.pth.tar-1')
+    assert main.returncode == 0, main.stderr[-3000:]
+    again = metrics(tmp_path)['results']['market1501_attr']
+    assert again['rank1'] == pytest.approx(trained['rank1'], abs=1e-6)
+    assert again['mAP'] == pytest.approx(trained['mAP'], abs=1e-6)
+    assert again['attributes']['mA'] == pytest.approx(trained['attributes']['mA'], abs=1e-6)
+    assert (tmp_path / 'test.log').is_file()
+
+
+def test_resume_continues_at_the_next_epoch(runs, toy_root, tmp_path):
+    import shutil
+    run = tmp_path / 'alfo'
+    shutil.copytree(runs['alfo'], run)
+    proc = train('alfo_toy.yaml', toy_root, run, 'train.max_epoch', '2', 'train.resume', 'True')
+    assert 'continuing at epoch 2' in proc.stdout
+    epochs = [json.loads(line)['epoch'] for line in (run / 'history.jsonl').read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert (run / 'model' / 'model.pth.tar-2').is_file()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['alfo.nope', '1'], 'error: unknown config key: alfo.nope'),
+    (['alfo.focal_gamma', '-0.5'], 'error: alfo.focal_gamma must be >= 0, got -0.5'),
+    (['data.root', '/nonexistent-root'],
+     'error: dataset folder "/nonexistent-root/market1501" for market1501_attr does not exist'),
+    (['model.pretrained', '/nonexistent/weights.pth'],
+     'error: weights file "/nonexistent/weights.pth" does not exist'),
+])
+def test_bad_input_ends_with_one_line_and_status_2(toy_root, tmp_path, args, message):
+    proc = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
+                   'data.save_dir', tmp_path, *args)
+    assert proc.returncode == 2
+    assert 'Traceback' not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(message), proc.stderr
+
+
+def test_debug_shows_the_traceback(toy_root, tmp_path):
+    proc = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', 'alfo.nope', '1',
+                   '--debug')
+    assert proc.returncode != 0 and 'Traceback' in proc.stderr and 'ConfigError' in proc.stderr
+
+
+def test_compare_writes_table_and_plots(runs, tmp_path):
+    out = tmp_path / 'comparison'
+    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'compare.py'), str(runs['alfo']),
+                           str(runs['pcb']), '--out', str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = (out / 'comparison.md').read_text()
+    alfo = metrics(runs['alfo'])['results']['market1501_attr']
+    assert f'| alfo | alfo | market1501_attr | {100 * alfo["rank1"]:.2f} |' in table
+    assert '| pcb | pcb_p6 |' in table
+    rows = (out / 'comparison.csv').read_text().splitlines()
+    assert rows[0].startswith('run,model,dataset,rank1') and len(rows) == 3
+    for png in ('cmc.png', 'attributes.png'):
+        assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert proc.stdout.count('|') > 20
+
+
+def test_compare_names_a_run_without_metrics(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'compare.py'), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f'run folder "{tmp_path}" has no metrics.json' in proc.stderr
+    assert os.listdir(tmp_path) == []
