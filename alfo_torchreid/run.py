@@ -137,7 +137,10 @@ def build_model(cfg, datamanager):
             raise DatasetError(
                 f'model {cfg.model.name} needs attribute labels but the training data '
                 f'{list(cfg.data.sources)} has none: use market1501_attr or dukemtmcreid_attr')
-        from alfo_torchreid.models import ALFO
+        from alfo_torchreid.models import ALFO, overlapping_stripes
+        # fail before training when the map is too short for the stripes
+        overlapping_stripes(cfg.data.height // (16 * cfg.alfo.last_stride), cfg.alfo.num_parts,
+                            cfg.alfo.stripe_height or None, cfg.alfo.stripe_stride or None)
         model = ALFO(num_classes, schema=schema, pretrained=False,
                      **config.alfo_model_kwargs(cfg))
     else:

@@ -115,9 +115,13 @@ def fetch_all(root, weight_names, dataset_names):
     fetched += [fetch_weights(name) for name in weight_names]
     fetched += [fetch_images(root, name) for name in dataset_names]
     print('Done.' if any(fetched) else 'Nothing to download: everything asked for is present.')
-    if root and not all(osp.isdir(d) for files in DATASETS.values() for d in files.split_dirs(root)):
+    if root and not images_present(root):
         print(f'The images are placed by hand: `python tools/download.py --root {root} --layout` '
               'shows where.')
+
+
+def images_present(root):
+    return all(osp.isdir(d) for files in DATASETS.values() for d in files.split_dirs(root))
 
 
 def fetch_attribute_file(root, name):
@@ -125,7 +129,8 @@ def fetch_attribute_file(root, name):
     files = DATASETS[name]
     dataset, path = files.dataset, files.attribute_file(root)
     if osp.isfile(path):
-        print(f'{name}: attribute file "{path}" already present ({attribute_file_check(files, path)})')
+        print(f'{name}: attribute file "{path}" already present '
+              f'({attribute_file_check(files, path)})')
         return False
     print(f'{name}: downloading {dataset.attribute_url}')
     download(dataset.attribute_url, path, sha256=dataset.attribute_sha256)
@@ -202,7 +207,8 @@ def extract_image_folder(archive, folder, image_folder):
         try:
             os.replace(extracted, osp.join(folder, image_folder))
         except OSError as exc:
-            raise DownloadError(f'cannot move the extracted images into "{folder}": {exc}') from None
+            raise DownloadError(
+                f'cannot move the extracted images into "{folder}": {exc}') from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -224,7 +230,8 @@ def print_layout(root):
     print(f'\npretrained weights (model.pretrained), in torch\'s cache "{weights.cache_dir()}"')
     for name, source in weights.SOURCES.items():
         path = weights.cached_path(source)
-        print(status_line(path, osp.isfile(path), f'{name}, from {source.url}; {weights_check(source)}'))
+        note = f'{name}, from {source.url}; {weights_check(source)}'
+        print(status_line(path, osp.isfile(path), note))
 
 
 def image_count(split_dir):

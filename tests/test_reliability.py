@@ -1,0 +1,282 @@
+"""Crash safety: atomic checkpoints, exact resume after SIGKILL, bad inputs."""
+import io
+import json
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+from alfo_torchreid import checkpoints, compat
+from alfo_torchreid.attributes import DUKE_SCHEMA
+from alfo_torchreid.errors import CheckpointError
+from alfo_torchreid.toy import write_attribute_mat
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
+
+
+# -- atomic checkpoints -----------------------------------------------------
+
+class _FailingFile(io.RawIOBase):
+    """A file object that accepts ``limit`` bytes, then fails like a full disk."""
+
+    def __init__(self, real, limit):
+        self.real, self.left = real, limit
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        if len(data) > self.left:
+            raise OSError(28, 'No space left on device')
+        self.left -= len(data)
+        return self.real.write(data)
+
+
+def test_a_save_failing_half_way_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / 'model' / 'latest.pth.tar'
+    good = {'state_dict': {'w': torch.arange(1000.)}, 'epoch': 3}
+    checkpoints.atomic_save(good, path)
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+
+    def failing_fdopen(fd, mode='r', *args, **kwargs):
+        return _FailingFile(real_fdopen(fd, mode, *args, **kwargs), limit=500)
+
+    newer = {'state_dict': {'w': torch.zeros(1000)}, 'epoch': 4}
+    # torch's zip writer may turn the OSError into a RuntimeError on its way out
+    with mock.patch.object(checkpoints.os, 'fdopen', failing_fdopen), \
+            pytest.raises((OSError, RuntimeError)):
+        checkpoints.atomic_save(newer, path)
+    assert path.read_bytes() == before
+    assert compat.load_checkpoint(path)['epoch'] == 3
+    assert sorted(p.name for p in path.parent.iterdir()) == ['latest.pth.tar']  # no temp left
+
+
+# -- exact resume after a real SIGKILL --------------------------------------
+
+RESUME_OPTS = ['train.max_epoch', '3', 'train.batch_size', '16', 'train.deterministic', 'True',
+               'test.batch_size', '64', 'train.stepsize', '[2]', 'train.print_freq', '100']
+
+
+def _start(toy_root, save_dir, *extra):
+    return subprocess.Popen(
+        [sys.executable, str(REPO / 'tools' / 'main.py'), '--config-file',
+         str(REPO / 'configs' / 'alfo_toy.yaml'), '--root', str(toy_root), *RESUME_OPTS,
+         'data.save_dir', str(save_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _history(save_dir):
+    lines = (save_dir / 'history.jsonl').read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != 'epoch_time'} for line in lines]
+
+
+def _kill_after_epoch(proc, save_dir, epoch, timeout=300):
+    """SIGKILLs ``proc`` once its ``epoch`` checkpoint is on disk."""
+    history, latest = save_dir / 'history.jsonl', save_dir / 'model' / 'latest.pth.tar'
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= epoch \
+                and latest.exists() and latest.stat().st_mtime >= history.stat().st_mtime:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.02)
+    pytest.fail(f'run ended or timed out before epoch {epoch}: {proc.communicate()[0][-2000:]}')
+
+
+def test_a_killed_run_resumes_to_the_same_weights_and_metrics(toy_root, tmp_path):
+    whole, killed = tmp_path / 'whole', tmp_path / 'killed'
+    first = _start(toy_root, whole)
+    second = _start(toy_root, killed)
+    _kill_after_epoch(second, killed, epoch=1)
+    assert second.returncode == -signal.SIGKILL
+    assert first.wait(timeout=600) == 0, first.communicate()[0][-2000:]
+    assert not (killed / 'metrics.json').exists()
+
+    resumed = _start(toy_root, killed, 'train.resume', 'True')
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output[-2000:]
+    assert 'continuing at epoch 2' in output
+
+    a = compat.load_checkpoint(whole / 'model' / 'model.pth.tar-3')
+    b = compat.load_checkpoint(killed / 'model' / 'model.pth.tar-3')
+    for name, tensor in a['state_dict'].items():
+        assert torch.equal(tensor, b['state_dict'][name]), name
+    assert a['state_dict']['vote_counts'].sum() > 0
+    assert _history(whole) == _history(killed)
+    results = [json.loads((d / 'metrics.json').read_text())['results'] for d in (whole, killed)]
+    assert results[0] == results[1]
+
+
+# -- non-finite loss --------------------------------------------------------
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(toy_root, tmp_path, capsys):
+    import alfo_torchreid.engine as engine_module
+    original = engine_module.ImageFocalVoteEngine.forward_backward
+
+    def nan_in_epoch_2(self, data):
+        if self.epoch == 1:
+            data['img'][:] = float('nan')
+        return original(self, data)
+
+    with mock.patch.object(engine_module.ImageFocalVoteEngine, 'forward_backward',
+                           nan_in_epoch_2):
+        status = MAIN(['--config-file', str(REPO / 'configs' / 'alfo_toy.yaml'), '--root',
+                       str(toy_root), 'data.save_dir', str(tmp_path), *RESUME_OPTS])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith('error: loss part "loss" is nan at epoch 2, iteration 1')
+    latest = compat.load_checkpoint(tmp_path / 'model' / 'latest.pth.tar')
+    assert latest['epoch'] == 1
+    assert not (tmp_path / 'model' / 'model.pth.tar-2').exists()
+
+
+# -- bad inputs: one line naming the file or value, status 2 ----------------
+
+def _copy_tree(toy_root, tmp_path):
+    root = tmp_path / 'data'
+    shutil.copytree(toy_root / 'market1501', root / 'market1501')
+    return root
+
+
+def _train_dir(root):
+    return root / 'market1501' / 'Market-1501-v15.09.15' / 'bounding_box_train'
+
+
+def _first_image(root):
+    return sorted(_train_dir(root).iterdir())[0]
+
+
+def _truncate_image(root):
+    image = _first_image(root)
+    image.write_bytes(image.read_bytes()[:300])
+    return str(image)
+
+
+def _not_an_image(root):
+    image = _first_image(root)
+    image.write_text('not a jpeg')
+    return str(image)
+
+
+def _remove_split(root):
+    shutil.rmtree(root / 'market1501' / 'Market-1501-v15.09.15' / 'query')
+    return 'query" does not exist'
+
+
+def _empty_split(root):
+    for image in _train_dir(root).iterdir():
+        image.unlink()
+    return 'holds no .jpg images'
+
+
+def _corrupt_attributes(root):
+    (root / 'market1501' / 'market_attribute.mat').write_bytes(b'MATLAB 5.0 garbage' * 10)
+    return 'market_attribute.mat'
+
+
+def _truncated_attributes(root):
+    path = root / 'market1501' / 'market_attribute.mat'
+    path.write_bytes(path.read_bytes()[:400])
+    return 'market_attribute.mat'
+
+
+def _duke_attributes_for_market(root):
+    labels = {pid: [0] * len(DUKE_SCHEMA) for pid in (1, 2)}
+    write_attribute_mat(root / 'market1501' / 'market_attribute.mat', DUKE_SCHEMA, labels, labels)
+    return 'market_attribute.mat'
+
+
+def _attributes_missing_training_ids(root):
+    from alfo_torchreid.attributes import MARKET_SCHEMA, load_attribute_file
+    path = root / 'market1501' / 'market_attribute.mat'
+    annotation = load_attribute_file(path)
+    train = dict(list(annotation.train.items())[:3])
+    write_attribute_mat(path, MARKET_SCHEMA, train, annotation.test)
+    return 'has no labels for 5 of the training identities'
+
+
+BAD_TREES = {
+    'truncated image': _truncate_image,
+    'not an image': _not_an_image,
+    'missing split folder': _remove_split,
+    'empty split': _empty_split,
+    'corrupt attribute file': _corrupt_attributes,
+    'truncated attribute file': _truncated_attributes,
+    'attribute file of the other dataset': _duke_attributes_for_market,
+    'attribute file missing training ids': _attributes_missing_training_ids,
+}
+
+
+def _run_main(capsys, root, save_dir, *opts):
+    status = MAIN(['--config-file', str(REPO / 'configs' / 'alfo_toy.yaml'), '--root', str(root),
+                   'data.save_dir', str(save_dir), 'train.max_epoch', '1',
+                   'train.batch_size', '16', *map(str, opts)])
+    err = capsys.readouterr().err.strip().splitlines()
+    return status, err
+
+
+@pytest.mark.parametrize('case', BAD_TREES)
+def test_bad_data_is_one_line_naming_it(case, toy_root, tmp_path, capsys):
+    root = _copy_tree(toy_root, tmp_path)
+    expected = BAD_TREES[case](root)
+    status, err = _run_main(capsys, root, tmp_path / 'run')
+    assert status == 2
+    assert len(err) == 1 and err[0].startswith('error: ') and expected in err[0], err
+
+
+def _checkpoint(tmp_path, **content):
+    path = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {}, 'epoch': 1, **content}, path)
+    return path
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ('this ran while loading',))
+
+
+@pytest.mark.parametrize('content, expected', [
+    (dict(signature=checkpoints.model_signature(5)),
+     'was trained with 5 identities, the model has 8'),
+    (dict(signature=checkpoints.model_signature(8, DUKE_SCHEMA)),
+     'has the dukemtmcreid attribute schema (23 attributes), the model has the market1501'),
+    (dict(extra=_Payload()), 'loading it means unpickling'),
+])
+def test_a_checkpoint_that_does_not_fit_is_refused(content, expected, toy_root, tmp_path,
+                                                    capsys):
+    path = _checkpoint(tmp_path, **content)
+    status, err = _run_main(capsys, toy_root, tmp_path / 'run', 'model.load_weights', path)
+    assert status == 2
+    assert len(err) == 1 and expected in err[0] and str(path) in err[0], err
+
+
+def test_trusting_a_checkpoint_is_explicit(tmp_path, capsys):
+    path = _checkpoint(tmp_path, extra=_Payload())
+    with pytest.raises(CheckpointError, match='trust_checkpoint=True'):
+        compat.load_checkpoint(path)
+    assert 'this ran while loading' not in capsys.readouterr().out
+    assert compat.load_checkpoint(path, trust=True)['epoch'] == 1
+    assert 'this ran while loading' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('opts, expected', [
+    (['alfo.num_parts', '9'], 'the feature map has 8 rows (H=8), too few for num_parts=9'),
+    (['alfo.focal_gamma', '-1'], 'alfo.focal_gamma must be >= 0, got -1.0'),
+    (['alfo.focal_alpha', '1.5'], 'alfo.focal_alpha must be in [0, 1], got 1.5'),
+    (['alfo.vote', 'best'], "alfo.vote must be one of ['majority', 'min', 'mean'], got 'best'"),
+])
+def test_a_config_value_out_of_range_is_one_line(opts, expected, toy_root, tmp_path, capsys):
+    status, err = _run_main(capsys, toy_root, tmp_path, *opts)
+    assert status == 2
+    assert len(err) == 1 and expected in err[0], err
