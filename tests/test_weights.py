@@ -304,3 +304,21 @@ def test_pickle_needing_untrusted_globals_is_refused_unless_trusted(tmp_path):
     assert torch.equal(model.conv1.weight, before)
     loaded, _ = weights.load_weights(model, str(path), trust=True)
     assert loaded == ['conv1.weight'] and torch.equal(model.conv1.weight, conv1)
+
+
+@pytest.mark.xfail(strict=True, reason='compat.load_checkpoint allow-lists numpy 2\'s '
+                   'numpy._core.multiarray.scalar only, not the numpy.core.multiarray.scalar '
+                   'that checkpoints pickled under numpy 1 (the model-zoo files) refer to')
+def test_checkpoint_pickled_under_numpy_1_loads(tmp_path):
+    conv1 = torch.randn(64, 3, 7, 7)
+    path = tmp_path / 'resnet50_market_xent.pth.tar'
+    # The legacy format of the zoo's 2019 files; under numpy 1 torchreid's rank1
+    # (a numpy scalar) is pickled as numpy.core.multiarray.scalar.
+    torch.save({'state_dict': {'conv1.weight': conv1}, 'epoch': 60, 'rank1': np.float64(0.879)},
+               path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes().replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+    assert b'numpy.core.multiarray\nscalar' in data
+    path.write_bytes(data)
+    model = ALFO(num_classes=4)
+    loaded, _ = weights.load_weights(model, str(path))
+    assert loaded == ['conv1.weight'] and torch.equal(model.conv1.weight, conv1)
