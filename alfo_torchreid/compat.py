@@ -63,7 +63,8 @@ def _checkpoint_safe_globals():
     scalar = getattr(np, '_core', getattr(np, 'core', None)).multiarray.scalar
     dtype_classes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64,
                                                  np.int32, np.int64, np.bool_)]
-    return [scalar, np.dtype, *dtype_classes]
+    # files saved under numpy 1 (torchreid's model zoo) name numpy.core's scalar
+    return [scalar, (scalar, 'numpy.core.multiarray.scalar'), np.dtype, *dtype_classes]
 
 
 def _unsafe_globals(fpath):

@@ -150,7 +150,7 @@ def build_model(cfg, datamanager):
         loaded, skipped = weights.load_weights(model, cfg.model.pretrained,
                                                trust=cfg.model.trust_checkpoint)
         print(f'Loaded {len(loaded)} pretrained tensors from "{cfg.model.pretrained}"; '
-              f'skipped {len(skipped)}: {skipped[:8]}{" ..." if len(skipped) > 8 else ""}')
+              f'skipped {len(skipped)}: {", ".join(skipped) or "none"}')
     if cfg.model.load_weights:
         checkpoint = compat.load_checkpoint(cfg.model.load_weights, cfg.model.trust_checkpoint)
         checkpoints.check_signature(checkpoint, cfg.model.load_weights, num_classes,

@@ -306,9 +306,6 @@ def test_pickle_needing_untrusted_globals_is_refused_unless_trusted(tmp_path):
     assert loaded == ['conv1.weight'] and torch.equal(model.conv1.weight, conv1)
 
 
-@pytest.mark.xfail(strict=True, reason='compat.load_checkpoint allow-lists numpy 2\'s '
-                   'numpy._core.multiarray.scalar only, not the numpy.core.multiarray.scalar '
-                   'that checkpoints pickled under numpy 1 (the model-zoo files) refer to')
 def test_checkpoint_pickled_under_numpy_1_loads(tmp_path):
     conv1 = torch.randn(64, 3, 7, 7)
     path = tmp_path / 'resnet50_market_xent.pth.tar'
