@@ -1,9 +1,9 @@
 """Training state that survives crashes: atomic checkpoints and exact resume.
 
 torchreid's ``save_checkpoint`` writes in place, so a crash while saving
-destroys the previous file. Here every checkpoint is written to a temporary
-file in the same folder, flushed to disk, then renamed over the old one: a
-reader sees either the old complete file or the new complete file.
+destroys the previous file. Here every checkpoint is written atomically
+(:mod:`alfo_torchreid.atomic`): a reader sees either the old complete file or
+the new complete file.
 
 Besides torchreid's keys (``state_dict``, ``epoch``, ``rank1``, ``optimizer``,
 ``scheduler``) a checkpoint holds the random number generators' states, so a
@@ -11,14 +11,13 @@ resumed run draws the same batches and augmentations as an uninterrupted one,
 and what the weights were built for (``num_classes``, the attribute schema),
 so that a checkpoint of another dataset is refused with a clear message.
 """
-import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
 from alfo_torchreid import compat
+from alfo_torchreid.atomic import PartialFile
 from alfo_torchreid.errors import CheckpointError
 
 LATEST = 'latest.pth.tar'
@@ -28,43 +27,12 @@ def atomic_save(obj, fpath):
     """``torch.save`` to ``fpath`` through a temporary file, fsync and rename.
 
     If writing fails at any point, the previous ``fpath`` (if any) is intact
-    and no temporary file is left behind.
+    and no temporary file is left behind (see :mod:`alfo_torchreid.atomic`).
     """
-    folder = os.path.dirname(os.path.abspath(fpath))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(fpath), suffix='.tmp')
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from the group
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, fpath)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder):
-    """Makes the rename itself durable (POSIX); a no-op where unsupported."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with PartialFile(fpath) as partial:
+        torch.save(obj, partial.file)
+        partial.sync()
+        partial.replace()
 
 
 def rng_state():

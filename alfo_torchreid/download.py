@@ -1,18 +1,18 @@
 """Atomic, checksum-verified downloads (annotation files, model weights).
 
-:func:`download` streams into a temporary file beside the destination, checks
-the byte count and the sha256, fsyncs, and only then renames it into place: the
-destination is either the complete verified file or left as it was, never a
-partial download.
+:func:`download` streams into a temporary file beside the destination
+(:class:`alfo_torchreid.atomic.PartialFile`), checks the byte count and the
+sha256, fsyncs, and only then renames it into place: the destination is either
+the complete verified file or left as it was, never a partial download.
 """
 import hashlib
 import http.client
 import os
-import secrets
 import sys
 import urllib.error
 import urllib.request
 
+from alfo_torchreid.atomic import PartialFile
 from alfo_torchreid.errors import DownloadError
 
 CHUNK_BYTES = 1 << 16
@@ -49,32 +49,23 @@ def download(url, dest, sha256=None, progress=True, timeout=60.0):
             mismatch; the message names the URL and where to put the file by hand.
     """
     dest = os.path.abspath(os.path.expanduser(str(dest)))
-    folder = os.path.dirname(dest)
     report = _ProgressBar(os.path.basename(dest)) if progress is True else progress or None
-    # A fresh name in the same folder (so that the rename is atomic), created
-    # with open() rather than mkstemp so that the file gets the umask's mode.
-    partial = os.path.join(folder, f'.{os.path.basename(dest)}.{secrets.token_hex(6)}.part')
     try:
-        os.makedirs(folder, exist_ok=True)
-        out = open(partial, 'xb')
+        partial = PartialFile(dest)
     except OSError as exc:
-        raise DownloadError(f'cannot write to "{folder}" to download {url}: {exc}') from None
-    try:
-        with out:
-            digest = _fetch(url, dest, out, report, timeout)
-            _sync(out, dest)
+        raise DownloadError(f'cannot write to "{os.path.dirname(dest)}" to download {url}: '
+                            f'{exc}') from None
+    with partial:
+        digest = _fetch(url, dest, partial.file, report, timeout)
+        _sync(partial, dest)
         if sha256 is not None and digest != sha256.lower():
             raise DownloadError(
                 f'{url} has sha256 {digest}, expected {sha256}; not saved to "{dest}" '
                 '(a changed or corrupted file: download it again or get it from the source)')
         try:
-            os.replace(partial, dest)
+            partial.replace()
         except OSError as exc:
             raise DownloadError(f'cannot save the download of {url} as "{dest}": {exc}') from None
-        _fsync_folder(folder)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
     return dest
 
 
@@ -107,11 +98,11 @@ def _fetch(url, dest, out, report, timeout):
     return digest.hexdigest()
 
 
-def _sync(out, dest):
-    """Flushes ``out`` to the disk, so that the renamed file is complete after a crash."""
+def _sync(partial, dest):
+    """Flushes the :class:`PartialFile` to the disk, so that the renamed file is
+    complete after a crash."""
     try:
-        out.flush()
-        os.fsync(out.fileno())
+        partial.sync()
     except OSError as exc:
         raise DownloadError(f'cannot write the download for "{dest}": {exc}') from None
 
@@ -122,20 +113,6 @@ def _content_length(response):
         return int(response.headers['Content-Length'])
     except (TypeError, ValueError):
         return None
-
-
-def _fsync_folder(folder):
-    """Makes the rename durable; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class _ProgressBar:

@@ -1,8 +1,10 @@
-"""The errors this package raises for bad input.
+"""The errors this package raises for bad input, and how the tools report them.
 
-Each names the file or value at fault and what was expected. ``tools/main.py``
-prints an :class:`AlfoError` as one line and exits non-zero.
+Each names the file or value at fault and what was expected. The command-line
+tools run through :func:`run_command`, which prints an :class:`AlfoError` as
+one line and exits with status 2.
 """
+import sys
 
 
 class AlfoError(Exception):
@@ -39,3 +41,32 @@ class DownloadError(AlfoError):
 
 class TrainingError(AlfoError):
     """Training cannot go on (e.g. a loss became NaN or infinite)."""
+
+
+def run_command(action, debug=False, interrupted='interrupted'):
+    """Runs a command-line tool's ``action()`` and returns the tool's exit status.
+
+    Args:
+        action (callable): the tool's work, called without arguments.
+        debug (bool): re-raise an :class:`AlfoError` (its traceback shows)
+            instead of printing it.
+        interrupted (str): the line printed on Ctrl-C.
+
+    Returns:
+        int: 0 when ``action`` returns; 2 when it raises an :class:`AlfoError`,
+        after printing ``error: <message>`` as the last line on stderr (stdout
+        is flushed first); 130 on Ctrl-C, after printing the ``interrupted``
+        line on stderr.
+    """
+    try:
+        action()
+    except AlfoError as exc:
+        if debug:
+            raise
+        sys.stdout.flush()
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    return 0

@@ -164,8 +164,13 @@ def peak_memory(name, args):
     command = [sys.executable, os.path.abspath(__file__), '--memory-of', name,
                '--batch-size', str(args.batch_size), '--height', str(args.height),
                '--width', str(args.width), '--s2-height', str(args.s2_height),
-               '--s2-width', str(args.s2_width), '--device', args.device]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+               '--s2-width', str(args.s2_width), '--device', args.device,
+               '--threads', str(args.threads)]
+    # A fixed mmap threshold makes glibc return every freed tensor to the system
+    # at once; its default, self-raising threshold keeps freed memory in the
+    # heap, and RSS then varies by several MB between identical runs.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return int(out.strip().splitlines()[-1])
 
 
@@ -179,12 +184,15 @@ def main():
     parser.add_argument('--s2-width', type=int, default=128)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads(),
+                        help='CPU threads (1 gives steadier figures on a busy machine)')
     parser.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES))
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       'results', 'train_step.json'))
     parser.add_argument('--memory-of', choices=list(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.memory_of:
         print(peak_memory_here(args.memory_of, args, device))

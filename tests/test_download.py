@@ -1,55 +1,24 @@
 """alfo_torchreid.download against a local HTTP server on 127.0.0.1."""
 import hashlib
-import http.server
 import os
-import socket
-import threading
 
 import pytest
 
 from alfo_torchreid.download import download, sha256_of
 from alfo_torchreid.errors import DownloadError
+from http_server import closed_port_url, serve
 
 PAYLOAD = bytes(range(256)) * 1000  # 256,000 bytes: several chunks
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """/file: the payload; /truncated: announces the payload, sends half and
-    closes; /unsized: the payload without Content-Length; anything else: 404."""
-
-    def do_GET(self):
-        if self.path not in ('/file', '/truncated', '/unsized'):
-            self.send_error(404)
-            return
-        self.send_response(200)
-        if self.path != '/unsized':
-            self.send_header('Content-Length', str(len(PAYLOAD)))
-        self.end_headers()
-        body = PAYLOAD[:len(PAYLOAD) // 2] if self.path == '/truncated' else PAYLOAD
-        self.wfile.write(body)
-        self.wfile.flush()
-        self.close_connection = True
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope='module')
 def server():
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _closed_port_url():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    return f'http://127.0.0.1:{port}/file'
+    """/file: the payload; /truncated: announces the payload, sends half and
+    closes; /unsized: the payload without Content-Length; anything else: 404."""
+    with serve({'/file': PAYLOAD, '/truncated': PAYLOAD, '/unsized': PAYLOAD},
+               truncated={'/truncated'}, unsized={'/unsized'}) as url:
+        yield url
 
 
 def test_downloads_verified_file_atomically(server, tmp_path):
@@ -116,7 +85,7 @@ def test_default_progress_bar_draws_on_stderr(server, tmp_path, capsys):
 
 
 def test_offline_says_where_to_put_the_file(tmp_path):
-    url = _closed_port_url()
+    url = closed_port_url('file')
     dest = tmp_path / 'x.mat'
     with pytest.raises(DownloadError, match=rf'could not download {url} .*put it at "{dest}"'):
         download(url, dest, progress=False)

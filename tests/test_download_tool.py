@@ -5,14 +5,11 @@ that any download attempt fails), and gdown.download is replaced by a fake.
 """
 import glob
 import hashlib
-import http.server
 import importlib.util
 import io
 import os
-import socket
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import pytest
 import torch
 
 from alfo_torchreid.datasets import DukeMTMCreIDAttr, Market1501Attr
+from http_server import closed_port_url, serve
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location('download_tool', REPO / 'tools' / 'download.py')
@@ -47,41 +45,18 @@ FILES = {'/market_attribute.mat': b'market annotation', '/duke_attribute.mat': b
          '/Market-1501-v15.09.15.zip': _market_zip()}
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path not in FILES:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(FILES[self.path])))
-        self.end_headers()
-        self.wfile.write(FILES[self.path])
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope='module')
 def server():
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _closed_port_url(name):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return f'http://127.0.0.1:{s.getsockname()[1]}/{name}'
+    with serve(FILES) as url:
+        yield url
 
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """Every source at a closed port, and a fresh TORCH_HOME; returns the cache dir."""
     for cls, relative in ATTRIBUTE_FILES.items():
-        monkeypatch.setattr(cls, 'attribute_url', _closed_port_url(os.path.basename(relative)))
-    monkeypatch.setattr(Market1501Attr, 'dataset_url', _closed_port_url('Market.zip'))
+        monkeypatch.setattr(cls, 'attribute_url', closed_port_url(os.path.basename(relative)))
+    monkeypatch.setattr(Market1501Attr, 'dataset_url', closed_port_url('Market.zip'))
 
     def no_gdown(url, output, quiet=False):
         raise ConnectionError('offline')
@@ -215,7 +190,7 @@ def test_dataset_images_from_the_mirror_extracted_into_place(tmp_path, server, o
         [f'Market-1501-v15.09.15/{s}' for s in SPLITS] +
         [f'Market-1501-v15.09.15/{s}/0002_c1s1_000451_03.jpg' for s in SPLITS])  # archive removed
     capsys.readouterr()
-    monkeypatch.setattr(Market1501Attr, 'dataset_url', _closed_port_url('Market.zip'))
+    monkeypatch.setattr(Market1501Attr, 'dataset_url', closed_port_url('Market.zip'))
     assert tool.main(['--root', str(root), '--datasets', 'market1501']) == 0
     assert 'market1501: images already present' in capsys.readouterr().out
 

@@ -63,8 +63,8 @@ def test_pool_stripes_averages_the_map_and_each_window():
     g = overlapping_stripes(16, 6)
     pooled = pool_stripes(fmap, g)
     naive = [fmap.mean((2, 3))] + [fmap[:, :, s:s + g.height].mean((2, 3)) for s in g.starts]
-    assert pooled.shape == (2, 3, 7)
-    assert torch.allclose(pooled, torch.stack(naive, dim=2), atol=1e-6)
+    assert pooled.shape == (2, 7, 3)
+    assert torch.allclose(pooled, torch.stack(naive, dim=1), atol=1e-6)
 
 
 def test_too_short_feature_map_fails_with_a_clear_error(images):

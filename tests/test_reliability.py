@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 import torch
 
-from alfo_torchreid import checkpoints, compat
+from alfo_torchreid import atomic, checkpoints, compat
 from alfo_torchreid.attributes import DUKE_SCHEMA
 from alfo_torchreid.errors import CheckpointError
 from alfo_torchreid.toy import write_attribute_mat
@@ -46,14 +46,15 @@ def test_a_save_failing_half_way_keeps_the_previous_checkpoint(tmp_path):
     good = {'state_dict': {'w': torch.arange(1000.)}, 'epoch': 3}
     checkpoints.atomic_save(good, path)
     before = path.read_bytes()
-    real_fdopen = os.fdopen
+    real_open = open
 
-    def failing_fdopen(fd, mode='r', *args, **kwargs):
-        return _FailingFile(real_fdopen(fd, mode, *args, **kwargs), limit=500)
+    def failing_open(file, mode='r', *args, **kwargs):
+        return _FailingFile(real_open(file, mode, *args, **kwargs), limit=500)
 
     newer = {'state_dict': {'w': torch.zeros(1000)}, 'epoch': 4}
-    # torch's zip writer may turn the OSError into a RuntimeError on its way out
-    with mock.patch.object(checkpoints.os, 'fdopen', failing_fdopen), \
+    # atomic_save's temporary file is opened by alfo_torchreid.atomic; torch's zip
+    # writer may turn the OSError into a RuntimeError on its way out
+    with mock.patch.object(atomic, 'open', failing_open, create=True), \
             pytest.raises((OSError, RuntimeError)):
         checkpoints.atomic_save(newer, path)
     assert path.read_bytes() == before

@@ -5,13 +5,10 @@ replaced by fakes that write into the file they are given or fail.
 """
 import argparse
 import hashlib
-import http.server
 import io
 import logging
 import os
 import re
-import socket
-import threading
 
 import gdown
 import numpy as np
@@ -22,6 +19,7 @@ import torchreid
 from alfo_torchreid import weights
 from alfo_torchreid.errors import CheckpointError, DownloadError, UntrustedCheckpointError
 from alfo_torchreid.models import ALFO
+from http_server import closed_port_url, serve
 
 PAYLOAD = bytes(range(256)) * 800  # 204,800 bytes: several chunks
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -39,36 +37,11 @@ def _torch_bytes(obj):
 CKPT_BYTES = _torch_bytes({'state_dict': {'conv1.weight': torch.ones(2)}})
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """/file: PAYLOAD; /truncated: announces PAYLOAD, sends half and closes."""
-
-    def do_GET(self):
-        if self.path not in ('/file', '/truncated'):
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(PAYLOAD)))
-        self.end_headers()
-        self.wfile.write(PAYLOAD if self.path == '/file' else PAYLOAD[:len(PAYLOAD) // 2])
-        self.close_connection = True
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope='module')
 def server():
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _closed_port_url():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return f'http://127.0.0.1:{s.getsockname()[1]}/{IMAGENET_FILE}'
+    """/file: PAYLOAD; /truncated: announces PAYLOAD, sends half and closes."""
+    with serve({'/file': PAYLOAD, '/truncated': PAYLOAD}, truncated={'/truncated'}) as url:
+        yield url
 
 
 @pytest.fixture
@@ -117,7 +90,7 @@ def test_imagenet_is_torchreids_file_in_torchs_cache(cache):
 def test_cached_imagenet_file_is_used_without_download(cache, monkeypatch):
     cache.mkdir(parents=True)
     (cache / IMAGENET_FILE).write_bytes(PAYLOAD)
-    _serve_imagenet(monkeypatch, _closed_port_url())  # a download attempt would fail
+    _serve_imagenet(monkeypatch, closed_port_url(IMAGENET_FILE))  # a download attempt would fail
     assert weights.resolve('imagenet') == str(cache / IMAGENET_FILE)
 
 
@@ -140,7 +113,7 @@ def test_download_with_wrong_checksum_leaves_no_file(cache, server, monkeypatch)
 def test_cached_file_with_wrong_checksum_is_refused_and_kept(cache, monkeypatch):
     cache.mkdir(parents=True)
     (cache / IMAGENET_FILE).write_bytes(b'not the weights')
-    _serve_imagenet(monkeypatch, _closed_port_url())
+    _serve_imagenet(monkeypatch, closed_port_url(IMAGENET_FILE))
     with pytest.raises(DownloadError, match=f'"{re.escape(str(cache / IMAGENET_FILE))}" has '
                                             'sha256 .* delete it and run again'):
         weights.resolve('imagenet')
@@ -157,7 +130,7 @@ def test_interrupted_download_leaves_no_file_and_next_call_downloads(cache, serv
 
 
 def test_offline_error_names_url_and_destination(cache, monkeypatch):
-    url = _closed_port_url()
+    url = closed_port_url(IMAGENET_FILE)
     _serve_imagenet(monkeypatch, url)
     with pytest.raises(DownloadError) as info:
         weights.resolve('imagenet')

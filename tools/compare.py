@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from alfo_torchreid import report
-from alfo_torchreid.errors import AlfoError
+from alfo_torchreid.errors import run_command
 
 
 def main(argv=None):
@@ -21,23 +21,21 @@ def main(argv=None):
     parser.add_argument('--out', default='log/comparison', help='folder for the report')
     parser.add_argument('--debug', action='store_true', help='show tracebacks of errors')
     args = parser.parse_args(argv)
-    try:
-        runs = list(args.runs)
-        if args.configs:
-            from alfo_torchreid import run as run_lib
-            for config_file in args.configs:
-                runs.append(run_lib.main(config_file).save_dir)
-        if not runs:
-            parser.error('give run folders or --configs')
-        print(report.write_report(runs, args.out))
-        print(f'Report written to "{args.out}" (comparison.md, comparison.csv, cmc.png, '
-              f'attributes.png)')
-    except AlfoError as exc:
-        if args.debug:
-            raise
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    return 0
+    if not (args.runs or args.configs):
+        parser.error('give run folders or --configs')
+    return run_command(lambda: compare(args.runs, args.configs, args.out), args.debug)
+
+
+def compare(runs, config_files, out):
+    """Runs ``config_files`` (as tools/main.py), then writes the report of
+    ``runs`` and those runs into the folder ``out`` and prints its table."""
+    runs = list(runs)
+    if config_files:
+        from alfo_torchreid import run as run_lib
+        for config_file in config_files:
+            runs.append(run_lib.main(config_file).save_dir)
+    print(report.write_report(runs, out))
+    print(f'Report written to "{out}" (comparison.md, comparison.csv, cmc.png, attributes.png)')
 
 
 if __name__ == '__main__':

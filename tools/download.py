@@ -14,6 +14,7 @@ and checked against its sha256 where one is published. Errors end with one
 line and exit status 2 (``--debug`` shows the traceback).
 """
 import argparse
+import functools
 import os
 import os.path as osp
 import shutil
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from alfo_torchreid import weights
 from alfo_torchreid.datasets import DukeMTMCreIDAttr, Market1501Attr
 from alfo_torchreid.download import download, sha256_of
-from alfo_torchreid.errors import AlfoError, DownloadError
+from alfo_torchreid.errors import DownloadError, run_command
 
 SPLITS = ('bounding_box_train', 'bounding_box_test', 'query')
 
@@ -89,21 +90,11 @@ def main(argv=None):
     if (args.layout or args.datasets) and not args.root:
         parser.error('--layout and --datasets need --root')
     root = osp.abspath(osp.expanduser(args.root)) if args.root else None
-    try:
-        if args.layout:
-            print_layout(root)
-        else:
-            fetch_all(root, args.weights, args.datasets)
-    except AlfoError as exc:
-        if args.debug:
-            raise
-        sys.stdout.flush()
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print('interrupted (nothing partial was kept)', file=sys.stderr)
-        return 130
-    return 0
+    if args.layout:
+        action = functools.partial(print_layout, root)
+    else:
+        action = functools.partial(fetch_all, root, args.weights, args.datasets)
+    return run_command(action, args.debug, interrupted='interrupted (nothing partial was kept)')
 
 
 def fetch_all(root, weight_names, dataset_names):
@@ -244,6 +235,7 @@ def image_count(split_dir):
 def status_line(path, present, note=None):
     tag = '[present]' if present else '[missing]'
     return f'  {tag} {path}' + (f'  ({note})' if note else '')
+
 
 if __name__ == '__main__':
     sys.exit(main())

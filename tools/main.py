@@ -15,7 +15,7 @@ import argparse
 import sys
 
 import alfo_torchreid.run as run_lib
-from alfo_torchreid.errors import AlfoError
+from alfo_torchreid.errors import run_command
 
 
 def build_parser():
@@ -39,18 +39,9 @@ def main(argv=None):
     if '--debug' in args.opts:  # REMAINDER swallows flags given after the overrides
         args.opts.remove('--debug')
         args.debug = True
-    try:
-        run_lib.main(args.config_file, run_lib.command_line_overrides(args) + args.opts)
-    except AlfoError as exc:
-        if args.debug:
-            raise
-        sys.stdout.flush()
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        return 130
-    return 0
+    return run_command(
+        lambda: run_lib.main(args.config_file, run_lib.command_line_overrides(args) + args.opts),
+        args.debug)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ from alfo_torchreid.models.alfo import ALFO, ALFOOutputs, StripeAttributeHeads
 from alfo_torchreid.models.stripes import StripeGeometry, overlapping_stripes, pool_stripes
 
 
-def alfo(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs):
+def alfo_market(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs):
     """ALFO with Market-1501_attribute's 27 attributes, in torchreid's factory
     signature. ``use_gpu`` is accepted for torchreid's ``build_model`` and
     unused (the engine places the model); ``kwargs`` go to :class:`ALFO`."""
@@ -13,11 +13,11 @@ def alfo(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs):
 
 
 def alfo_duke(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs):
-    """ALFO with DukeMTMC-attribute's 23 attributes; as :func:`alfo` otherwise."""
+    """ALFO with DukeMTMC-attribute's 23 attributes; as :func:`alfo_market` otherwise."""
     return ALFO(num_classes, schema=DUKE_SCHEMA, loss=loss, pretrained=pretrained, **kwargs)
 
 
-MODELS = {'alfo': alfo, 'alfo_duke': alfo_duke}
+MODELS = {'alfo': alfo_market, 'alfo_duke': alfo_duke}
 
 
 def register():
@@ -28,4 +28,4 @@ def register():
 
 
 __all__ = ['ALFO', 'ALFOOutputs', 'StripeAttributeHeads', 'StripeGeometry', 'MODELS',
-           'alfo', 'alfo_duke', 'overlapping_stripes', 'pool_stripes', 'register']
+           'alfo_market', 'alfo_duke', 'overlapping_stripes', 'pool_stripes', 'register']

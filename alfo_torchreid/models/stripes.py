@@ -111,9 +111,10 @@ def pool_stripes(feature_map, geometry: StripeGeometry):
         geometry: from :func:`overlapping_stripes`.
 
     Returns:
-        ``[B, C, 1 + P]``: column 0 is the global average pool; column ``1 + i``
-        the mean of stripe ``i`` (top to bottom) over its ``height x W`` window.
+        ``[B, 1 + P, C]``, contiguous: row 0 is the global average pool; row
+        ``1 + i`` the mean of stripe ``i`` (top to bottom) over its
+        ``height x W`` window.
     """
     weights = pooling_matrix(geometry, feature_map.shape[3], feature_map.device,
                              feature_map.dtype)
-    return feature_map.flatten(2) @ weights
+    return (feature_map.flatten(2) @ weights).transpose(1, 2).contiguous()

@@ -1,0 +1,77 @@
+"""Files written so that a reader sees either the old or the new complete file.
+
+The content goes into a fresh hidden file beside the destination (the same
+folder, so that the rename is atomic), is flushed to the disk, and only then
+renamed over the destination; the folder is fsynced so that the rename itself
+survives a crash. If anything fails before the rename, the temporary file is
+removed and the destination is left as it was.
+"""
+import os
+import secrets
+
+
+class PartialFile:
+    """A new file beside ``dest`` that becomes ``dest`` only by :meth:`replace`.
+
+    Created with ``open(..., 'xb')``, so it gets the umask's mode, as ``dest``
+    would (``mkstemp``'s 0600 would hide it from the group). Use it as a context
+    manager: leaving the block without :meth:`replace` (an exception, Ctrl-C)
+    removes it::
+
+        with PartialFile(dest) as partial:
+            partial.file.write(data)
+            partial.sync()
+            partial.replace()
+
+    Attributes:
+        dest (str): the absolute path of the destination.
+        path (str): the temporary file, ``.<name of dest>.<12 hex digits>.part``.
+        file: the temporary file, open for binary writing.
+
+    Raises:
+        OSError: the folder cannot be created or written to.
+    """
+
+    def __init__(self, dest):
+        self.dest = os.path.abspath(dest)
+        folder, name = os.path.split(self.dest)
+        self.path = os.path.join(folder, f'.{name}.{secrets.token_hex(6)}.part')
+        os.makedirs(folder, exist_ok=True)
+        self.file = open(self.path, 'xb')
+
+    def sync(self):
+        """Flushes what was written to the disk, so that the renamed file is
+        complete even after a power failure."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def replace(self):
+        """Closes the file and renames it over :attr:`dest`, durably."""
+        self.file.close()
+        os.replace(self.path, self.dest)
+        fsync_folder(os.path.dirname(self.dest))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        try:
+            self.file.close()
+        finally:
+            if os.path.exists(self.path):  # not replaced: an error
+                os.remove(self.path)
+
+
+def fsync_folder(folder):
+    """Makes a rename in ``folder`` durable (POSIX); a no-op where folders
+    cannot be opened or synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
