@@ -17,6 +17,7 @@ import torchreid
 
 import alfo_torchreid  # noqa: F401  (registers datasets and models into torchreid)
 from alfo_torchreid import checkpoints, compat, config, weights
+from alfo_torchreid.atomic import PartialFile
 from alfo_torchreid.datasets import attribute_files
 from alfo_torchreid.engine import HISTORY, BaselineEngine, ImageFocalVoteEngine
 from alfo_torchreid.errors import DatasetError
@@ -201,9 +202,10 @@ def save_metrics(cfg, engine, model):
         'written': time.strftime('%Y-%m-%d %H:%M:%S'),
     }
     path = osp.join(cfg.data.save_dir, METRICS)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + '.tmp', path)
+    with PartialFile(path) as partial:
+        partial.file.write(json.dumps(summary, indent=1).encode())
+        partial.sync()
+        partial.replace()
     print(f'Metrics written to "{path}"')
     return summary
 

@@ -22,13 +22,13 @@ what does not fit is skipped and reported.
 """
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from alfo_torchreid import compat
+from alfo_torchreid.atomic import PartialFile
 from alfo_torchreid.download import download, sha256_of
 from alfo_torchreid.errors import CheckpointError, DownloadError
 
@@ -169,17 +169,13 @@ def _download_from_drive(source, dest, progress):
     """Downloads a Google Drive file with gdown, atomically (temporary file,
     fsync, rename), as :func:`alfo_torchreid.download.download` does over http."""
     import gdown
-    folder = os.path.dirname(dest)
-    os.makedirs(folder, exist_ok=True)
-    # gdown writes into our open file, so that it leaves no temporary file of its own.
-    partial = os.path.join(folder, f'.{source.filename}.{secrets.token_hex(6)}.part')
     try:
-        with open(partial, 'xb') as out:
-            gdown.download(source.url, out, quiet=not progress)
-            out.flush()
-            os.fsync(out.fileno())
-        _check_torch_file(partial, source, dest)
-        os.replace(partial, dest)
+        with PartialFile(dest) as partial:
+            # gdown writes into our open file, so that it leaves no temporary file of its own
+            gdown.download(source.url, partial.file, quiet=not progress)
+            partial.sync()
+            _check_torch_file(partial.path, source, dest)
+            partial.replace()
     except DownloadError:
         raise
     except Exception as exc:  # gdown raises requests', its own and OS errors
@@ -187,9 +183,6 @@ def _download_from_drive(source, dest, progress):
             f'could not download {source.url} ({type(exc).__name__}: {exc}). If this machine '
             f'is offline, download it elsewhere (e.g. `gdown {source.url}`) and put it at '
             f'"{dest}"') from None
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
 
 
 def _check_torch_file(path, source, dest):

@@ -1,7 +1,6 @@
 """Crash safety: atomic checkpoints, exact resume after SIGKILL, bad inputs."""
 import io
 import json
-import os
 import runpy
 import shutil
 import signal

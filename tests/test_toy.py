@@ -228,7 +228,7 @@ SMALL = dict(num_train_ids=3, num_test_ids=3, images_per_id=2, queries_per_id=1,
 def test_same_seed_same_bytes(tmp_path):
     a = make_toy_dataset(tmp_path / 'a', **SMALL)
     b = make_toy_dataset(tmp_path / 'b', **SMALL)
-    c = make_toy_dataset(tmp_path / 'c', seed=1, **SMALL)
+    make_toy_dataset(tmp_path / "c", seed=1, **SMALL)
     assert _tree_digest(tmp_path / 'a') == _tree_digest(tmp_path / 'b')
     assert _tree_digest(tmp_path / 'a') != _tree_digest(tmp_path / 'c')
     assert (a.num_train, a.num_query, a.num_gallery) == (6, 3, 6 + 2 + 1)
