@@ -19,23 +19,18 @@ so the local branch adds only small tensors to a training step.
 torchreid's names: ImageNet weights and torchreid's ``resnet50`` re-ID
 checkpoints load into it by name.
 """
-import logging
-import os
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchreid
 
-from alfo_torchreid import compat
+from alfo_torchreid import compat, weights
 from alfo_torchreid.attributes import MARKET_SCHEMA
-from alfo_torchreid.errors import ConfigError, DownloadError
+from alfo_torchreid.errors import ConfigError
 from alfo_torchreid.losses import (attribute_logit_widths, logits_to_probabilities,
                                    split_attribute_logits)
 from alfo_torchreid.models.stripes import overlapping_stripes, pool_stripes
-
-logger = logging.getLogger(__name__)
 
 FEATURES = ('global', 'local', 'global+local')
 ATTR_PRED = ('voted', 'mean')
@@ -59,7 +54,7 @@ class StripeAttributeHeads(nn.Module):
 
     Stripe ``p``'s classifier of attribute ``j`` is the slice
     ``weight[p, :, cols_j]`` (``cols_j``: attribute ``j``'s logit columns), so
-    each stripe has its own parameters for every attribute. One ``baddbmm``
+    each stripe has its own parameters for every attribute. One ``bmm``
     over the stripes applies them all, reading the stripes in place.
 
     Args:
@@ -76,8 +71,7 @@ class StripeAttributeHeads(nn.Module):
 
     def forward(self, stripes):
         """``[B, P, C]`` pooled stripes -> ``[B, P, K]`` logits."""
-        logits = torch.baddbmm(self.bias.unsqueeze(1), stripes.transpose(0, 1), self.weight)
-        return logits.transpose(0, 1)
+        return torch.bmm(stripes.transpose(0, 1), self.weight).transpose(0, 1) + self.bias
 
 
 class ALFO(compat.ResNet):
@@ -106,10 +100,10 @@ class ALFO(compat.ResNet):
         global_branch, local_branch: the ablation switches of METHOD.md Table 1.
             Without the global branch the model is trained by the attribute
             loss alone; without the local branch it has no attribute heads.
-        pretrained: False; True for torchreid's ImageNet ResNet-50 weights
-            (downloaded by torchreid); or the path of a local weights file
-            (ImageNet's ``resnet50-19c8e357.pth``, a torchreid checkpoint)
-            loaded safely, keys matched by name and shape.
+        pretrained: False; True for torchreid's ImageNet ResNet-50 weights; or
+            any spec of :func:`alfo_torchreid.weights.load_weights` (a model-zoo
+            name, the path of a weights file or checkpoint). Loaded safely,
+            matched by name and shape, heads left as initialised.
     """
 
     def __init__(self, num_classes, schema=MARKET_SCHEMA, loss='softmax', last_stride=1,
@@ -145,7 +139,17 @@ class ALFO(compat.ResNet):
             column_attribute = torch.repeat_interleave(torch.tensor(self.logit_widths))
             self.register_buffer('column_attribute', column_attribute, persistent=False)
         if pretrained:
-            load_backbone_weights(self, pretrained)
+            weights.load_weights(self, 'imagenet' if pretrained is True else pretrained)
+
+    @property
+    def global_branch(self):
+        """Whether the model has the identity classifier."""
+        return self.classifier is not None
+
+    @property
+    def local_branch(self):
+        """Whether the model has the stripes' attribute heads."""
+        return self.attribute_heads is not None
 
     def pool(self, fmap, stripes=True):
         """``[B, C, H, W]`` feature map -> (global ``[B, C]``, stripes ``[B, P, C]``
@@ -162,11 +166,11 @@ class ALFO(compat.ResNet):
         fmap = self.featuremaps(x)
         if not self.training:
             return self.retrieval_feature(*self.pool(fmap, stripes=self.feature != 'global'))
-        whole, stripes = self.pool(fmap, stripes=self.attribute_heads is not None)
+        whole, stripes = self.pool(fmap, stripes=self.local_branch)
         id_logits = attr_logits = None
-        if self.classifier is not None:
+        if self.global_branch:
             id_logits = self.classifier(whole)
-        if self.attribute_heads is not None:
+        if self.local_branch:
             attr_logits = self.attribute_heads(stripes)
         return ALFOOutputs(id_logits, attr_logits)
 
@@ -181,7 +185,7 @@ class ALFO(compat.ResNet):
         return parts.flatten(1)
 
     def _require_local_branch(self):
-        if self.attribute_heads is None:
+        if not self.local_branch:
             raise ConfigError('this ALFO was built with local_branch=False: it has no '
                               'attribute heads, so it neither votes nor predicts attributes')
 
@@ -249,21 +253,3 @@ def _check_choice(name, value, choices):
     if value not in choices:
         raise ConfigError(f'{name} must be one of {choices}, got {value!r}')
 
-
-def load_backbone_weights(model, pretrained):
-    """Loads ``pretrained`` (True: torchreid's ImageNet ResNet-50; or a file
-    path) into ``model``, matching parameters by name and shape."""
-    if pretrained is True:
-        url = compat.resnet_model_urls['resnet50']
-        try:
-            torchreid.models.resnet.init_pretrained_weights(model, url)
-        except OSError as exc:  # urllib's URLError is an OSError
-            raise DownloadError(
-                f'cannot download the ImageNet ResNet-50 weights from {url} ({exc}); '
-                'download them elsewhere and pass the file as pretrained=<path>') from None
-        return
-    if not isinstance(pretrained, (str, os.PathLike)):
-        raise ConfigError(f'pretrained must be True, False or a file path, got {pretrained!r}')
-    loaded, skipped = compat.load_pretrained_weights(model, pretrained)
-    logger.info('loaded %d tensors from %s; skipped (absent or other shape): %s',
-                len(loaded), pretrained, ', '.join(skipped) or 'none')
