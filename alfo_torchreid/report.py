@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use('Agg')  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from alfo_torchreid.errors import AlfoError  # noqa: E402
 
@@ -78,6 +79,7 @@ def plot_cmc(runs, path, max_rank=20):
                 ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker='o',
                         markersize=3, label=f'{run["name"]} ({dataset})')
     ax.set_xlabel('rank')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel('matching rate (%)')
     ax.set_title('CMC')
     ax.grid(alpha=0.3)
@@ -129,8 +131,9 @@ def write_report(run_dirs, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     text = markdown_table(table)
     with open(osp.join(out_dir, 'comparison.md'), 'w') as f:
-        f.write('# Comparison\n\nRank-k, mAP and attribute mA in %; params in millions; '
-                'GFLOPs per image; training seconds per epoch.\n\n' + text)
+        f.write('# Comparison\n\nRank-k, mAP and attribute mA in %; params: all trained '
+                'parameters, in millions; GFLOPs per image at inference; training seconds '
+                'per epoch.\n\n' + text)
     with open(osp.join(out_dir, 'comparison.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()

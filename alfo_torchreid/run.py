@@ -185,8 +185,11 @@ def build_engine(cfg, datamanager, model, optimizer, scheduler):
 
 def save_metrics(cfg, engine, model):
     """Writes ``metrics.json``: the last test's results and the model's cost."""
-    num_params, flops = torchreid.utils.compute_model_complexity(
+    # GFLOPs of inference (what torchreid counts: the layers run in eval mode);
+    # parameters of the whole trained model, heads and classifiers included
+    _, flops = torchreid.utils.compute_model_complexity(
         model, (1, 3, cfg.data.height, cfg.data.width), verbose=False, only_conv_linear=False)
+    num_params = sum(p.numel() for p in model.parameters())
     epochs = read_history(cfg.data.save_dir)
     times = [e['epoch_time'] for e in epochs if 'epoch_time' in e]
     summary = {

@@ -68,16 +68,22 @@ def input_size(name, args):
     return args.s2_height, args.s2_width
 
 
-def build_step(name, args, device):
-    """A zero-argument function running one training step of case ``name``."""
+def build_model(name, device):
+    """The model of case ``name`` on ``device``, randomly initialised."""
     torchreid_name, alfo_kwargs, _ = CASES[name]
-    batch_size, (height, width) = args.batch_size, input_size(name, args)
-    use_gpu = device.type == 'cuda'
     if torchreid_name:
         model = torchreid.models.build_model(torchreid_name, NUM_IDS, pretrained=False)
     else:
         model = alfo_models.ALFO(NUM_IDS, MARKET_SCHEMA, **alfo_kwargs)
-    model.to(device).train()
+    return model.to(device)
+
+
+def build_step(name, args, device):
+    """A zero-argument function running one training step of case ``name``."""
+    torchreid_name = CASES[name][0]
+    batch_size, (height, width) = args.batch_size, input_size(name, args)
+    use_gpu = device.type == 'cuda'
+    model = build_model(name, device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     images = torch.randn(batch_size, 3, height, width, device=device)
     pids = torch.randint(NUM_IDS, (batch_size,), device=device)
