@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 
+import alfo_torchreid  # noqa: F401  (first: silences torchreid's Cython notice)
 import torch
 
 from bench_train_step import CASES, build_model, input_size, synchronize
