@@ -113,7 +113,9 @@ def get_default_config():
     cfg.test.rerank = False
     cfg.test.visrank = False
     cfg.test.visrank_topk = 10
-    cfg.test.evaluator = 'alfo'  # 'alfo' (fast, vectorised) or 'torchreid' (its own)
+    # 'alfo': vectorised, same numbers; 'torchreid': its own Python evaluator, which
+    # fails under numpy 2 when a query has fewer than 50 valid gallery images
+    cfg.test.evaluator = 'alfo'
     return cfg
 
 

@@ -12,6 +12,7 @@ import alfo_torchreid  # noqa: F401  (registers market1501_attr and alfo)
 from alfo_torchreid.engine import HISTORY, ImageFocalVoteEngine
 from alfo_torchreid.errors import TrainingError
 from alfo_torchreid.models import ALFO
+from alfo_torchreid.toy import make_toy_dataset
 from fake_cuda import cuda_reported_available, fake_cuda
 
 EPOCHS = 8  # x 4 iterations of batch 8 on the 32 toy training images
@@ -193,3 +194,25 @@ def test_majority_rate_helper_is_not_trivially_high(toy_datasets):
     labels = np.stack(list(toy_datasets['market1501'].train_labels.values()))
     majority = np.mean([np.bincount(col).max() / len(col) for col in labels.T])
     assert majority < 0.95
+
+
+def test_torchreids_evaluator_gives_identical_results(trained, tmp_path):
+    # torchreid's Python evaluator fails under numpy 2 when a query has fewer
+    # than 50 valid gallery images (a ragged array): test on a larger gallery
+    make_toy_dataset(tmp_path, 'market1501', num_train_ids=8, num_test_ids=8, images_per_id=8,
+                     queries_per_id=1, cams_per_id=3)
+    engine = trained[0]
+    own_loaders, engine.test_loader = engine.test_loader, make_datamanager(tmp_path).test_loader
+    results = {}
+    try:
+        for evaluator in ('alfo', 'torchreid'):
+            engine.evaluator = evaluator
+            with contextlib.redirect_stdout(io.StringIO()):
+                engine.test()
+            results[evaluator] = dict(engine.results['market1501_attr'])
+    finally:
+        engine.evaluator, engine.test_loader = 'alfo', own_loaders
+    assert len(results['alfo']['cmc']) == 50
+    for key in ('rank1', 'mAP', 'cmc'):
+        assert results['alfo'][key] == pytest.approx(results['torchreid'][key], abs=1e-6), key
+    assert 0 < results['alfo']['mAP'] < 1
