@@ -163,6 +163,7 @@ class ImageFocalVoteEngine(BaselineEngine):
             id_weight=id_weight, attr_weight=attr_weight, alpha=alpha, gamma=gamma,
             focal=focal, vote_mode=vote_mode, label_smooth=label_smooth,
             use_gpu=self.use_gpu)
+        self._attribute_batches = None  # during test(): attribute probabilities per batch
 
     def parse_data_for_train(self, data):
         if 'attrs' not in data:
@@ -202,28 +203,50 @@ class ImageFocalVoteEngine(BaselineEngine):
 
     # -- evaluation -------------------------------------------------------
     def test(self, **kwargs):
-        """torchreid's re-ID test, then attribute metrics on each target's gallery."""
-        rank1 = super().test(**kwargs)
-        if getattr(self.model, 'local_branch', True) and not kwargs.get('visrank'):
-            for name in self.test_loader:
-                self._test_attributes(name)
+        """torchreid's re-ID test, then attribute metrics on each target's gallery.
+
+        The attribute probabilities come from the same backbone pass as the
+        re-ID features (:meth:`extract_features`), not from a second pass.
+        """
+        measure = self.model.local_branch and not kwargs.get('visrank')
+        self._attribute_batches = [] if measure else None
+        try:
+            rank1 = super().test(**kwargs)
+            batches = self._attribute_batches
+        finally:
+            self._attribute_batches = None
+        if measure:
+            self._report_attributes(batches)
         return rank1
 
-    @torch.no_grad()
-    def _test_attributes(self, name):
+    def extract_features(self, input):
+        """Retrieval features ``[B, D]``; during :meth:`test` also keeps the
+        batch's attribute probabilities."""
+        if self._attribute_batches is None:
+            return self.model(input)
+        features, probs = self.model.features_and_attributes(input)
+        self._attribute_batches.append([p.cpu() for p in probs])
+        return features
+
+    def _report_attributes(self, batches):
+        """Splits the probabilities kept during the test by target and split
+        (torchreid extracts each target's query, then its gallery, in order)
+        and reports each gallery's attribute metrics."""
+        for name, loaders in self.test_loader.items():
+            num_query = len(loaders['query'])
+            gallery = batches[num_query:num_query + len(loaders['gallery'])]
+            batches = batches[num_query + len(loaders['gallery']):]
+            self._gallery_attribute_metrics(name, loaders['gallery'].dataset, gallery)
+
+    def _gallery_attribute_metrics(self, name, dataset, batches):
         """Attribute metrics on the gallery images of real identities of ``name``."""
-        loader = self.test_loader[name]['gallery']
-        schema = getattr(loader.dataset, 'schema', None)
+        schema = getattr(dataset, 'schema', None)
         if schema is None or any(n not in self.schema.names for n in schema.names):
             print(f'** No attribute evaluation on {name}: the model lacks its attributes')
             return
-        self.set_model_mode('eval')
-        batches, targets = [], []
-        for data in loader:
-            imgs = data['img'].cuda() if self.use_gpu else data['img']
-            batches.append([p.cpu() for p in self.model.attribute_probabilities(imgs)])
-            targets.append(data['attrs'])
-        target = torch.cat(targets)
+        # test loaders keep the dataset's order
+        target = torch.from_numpy(np.stack([dataset.image_attrs[item[0]]
+                                            for item in dataset.data]))
         real = (target != -1).any(1)  # junk and distractor images carry no attributes
         probs = [torch.cat(columns)[real] for columns in zip(*batches)]
         # in the target's attribute order (a union schema may hold more attributes)

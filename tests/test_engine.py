@@ -11,6 +11,7 @@ import torchreid
 import alfo_torchreid  # noqa: F401  (registers market1501_attr and alfo)
 from alfo_torchreid.engine import HISTORY, ImageFocalVoteEngine
 from alfo_torchreid.errors import TrainingError
+from alfo_torchreid.metrics import attribute_metrics
 from alfo_torchreid.models import ALFO
 from alfo_torchreid.toy import make_toy_dataset
 from fake_cuda import cuda_reported_available, fake_cuda
@@ -216,3 +217,24 @@ def test_torchreids_evaluator_gives_identical_results(trained, tmp_path):
     for key in ('rank1', 'mAP', 'cmc'):
         assert results['alfo'][key] == pytest.approx(results['torchreid'][key], abs=1e-6), key
     assert 0 < results['alfo']['mAP'] < 1
+
+
+def test_gallery_attribute_metrics_match_an_independent_pass(trained):
+    engine = trained[0]
+    with contextlib.redirect_stdout(io.StringIO()):
+        engine.test()
+    reported = engine.results['market1501_attr']['attributes']
+    loader = engine.test_loader['market1501_attr']['gallery']
+    engine.model.eval()
+    probs, targets = [], []
+    with torch.no_grad():
+        for data in loader:
+            probs.append(engine.model.attribute_probabilities(data['img']))
+            targets.append(data['attrs'])
+    target = torch.cat(targets)
+    real = (target != -1).any(1)
+    assert 0 < int(real.sum()) < len(target)  # the toy gallery holds junk and distractors
+    expected = attribute_metrics(None, target[real], engine.schema,
+                                 probs=[torch.cat(p)[real] for p in zip(*probs)])
+    assert reported['mA'] == pytest.approx(expected['mA'], abs=1e-9)
+    assert reported['accuracy'] == pytest.approx(expected['accuracy'], abs=1e-9)
