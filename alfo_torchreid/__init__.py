@@ -14,6 +14,10 @@ import warnings
 # We evaluate with our own vectorised evaluator (alfo_torchreid.metrics), so
 # torchreid's advice to build its Cython one does not apply.
 warnings.filterwarnings('ignore', message='Cython evaluation', category=UserWarning)
+# `python -m alfo_torchreid.datasets` runs a module this package has imported to
+# register it; its command line reads no module state, so runpy's caution is moot.
+warnings.filterwarnings('ignore', message="'alfo_torchreid.datasets' found in sys.modules",
+                        category=RuntimeWarning)
 
 from alfo_torchreid import datasets, models  # noqa: E402
 from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA, AttributeSchema  # noqa: E402
