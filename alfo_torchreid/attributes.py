@@ -82,11 +82,6 @@ class AttributeSchema:
         """Indices of the binary attributes, in order."""
         return tuple(i for i, c in enumerate(self.num_classes) if c == 2)
 
-    @property
-    def multiclass(self):
-        """Indices of the attributes with more than two classes, in order."""
-        return tuple(i for i, c in enumerate(self.num_classes) if c > 2)
-
     def union(self, other):
         """The attributes of both schemas: this one's order, then ``other``'s new names.
 
@@ -121,11 +116,6 @@ class AttributeSchema:
         return {'dataset': self.dataset, 'names': list(self.names),
                 'num_classes': list(self.num_classes),
                 'colour_groups': {k: list(v) for k, v in self.colour_groups.items()}}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(d['dataset'], tuple(d['names']), tuple(d['num_classes']),
-                   {k: tuple(v) for k, v in d['colour_groups'].items()})
 
 
 _MARKET_NAMES = ('age', 'backpack', 'bag', 'handbag', 'clothes', 'down', 'up',

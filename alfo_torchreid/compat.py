@@ -143,23 +143,6 @@ def load_matching_weights(model, state_dict):
     return list(matched), skipped
 
 
-def load_pretrained_weights(model, fpath, trust=False):
-    """Safe counterpart of ``torchreid.utils.load_pretrained_weights``.
-
-    Returns:
-        (loaded, skipped) as in :func:`load_matching_weights`.
-
-    Raises:
-        CheckpointError: when nothing in the file matches the model.
-    """
-    loaded, skipped = load_matching_weights(model, state_dict_of(load_checkpoint(fpath, trust)))
-    if not loaded:
-        raise CheckpointError(
-            f'no weights in "{fpath}" match the model (by name and shape); '
-            f'first keys in the file: {skipped[:5]}')
-    return loaded, skipped
-
-
 def resume_from_checkpoint(fpath, model, optimizer=None, scheduler=None, trust=False,
                            checkpoint=None):
     """Safe counterpart of ``torchreid.utils.resume_from_checkpoint``.

@@ -68,7 +68,8 @@ def test_pretrained_weights_skip_and_list_what_does_not_fit(tmp_path):
     target = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 10))
     torch.save({'state_dict': {f'module.{k}': v for k, v in source.state_dict().items()}},
                tmp_path / 'w.pth')
-    loaded, skipped = compat.load_pretrained_weights(target, tmp_path / 'w.pth')
+    checkpoint = compat.load_checkpoint(tmp_path / 'w.pth')
+    loaded, skipped = compat.load_matching_weights(target, compat.state_dict_of(checkpoint))
     assert loaded == ['0.weight', '0.bias'] and skipped == ['1.weight', '1.bias']
     assert torch.equal(target[0].weight, source[0].weight)
 
