@@ -1,27 +1,51 @@
-"""Training state that survives crashes: atomic checkpoints and exact resume.
+"""Checkpoints, the whole contract in one place: save atomically, load safely,
+check that a file fits the model, resume a run.
 
-torchreid's ``save_checkpoint`` writes in place, so a crash while saving
-destroys the previous file. Here every checkpoint is written atomically
-(:mod:`alfo_torchreid.atomic`): a reader sees either the old complete file or
-the new complete file.
+A training checkpoint holds torchreid's keys (``state_dict``, ``epoch``,
+``rank1``, ``optimizer``, ``scheduler``) and ours: ``rng`` (the random
+generators' states, so a resumed run draws the same batches and augmentations
+as an uninterrupted one) and ``signature`` (what the weights were built for:
+``num_classes`` and the attribute schema, so that a checkpoint of another
+dataset is refused with a clear message).
 
-Besides torchreid's keys (``state_dict``, ``epoch``, ``rank1``, ``optimizer``,
-``scheduler``) a checkpoint holds the random number generators' states, so a
-resumed run draws the same batches and augmentations as an uninterrupted one,
-and what the weights were built for (``num_classes``, the attribute schema),
-so that a checkpoint of another dataset is refused with a clear message.
+* Saving: torchreid's ``save_checkpoint`` writes in place, so a crash while
+  saving destroys the previous file. :func:`atomic_save` writes through a
+  temporary file (:mod:`alfo_torchreid.atomic`): a reader sees the old or the
+  new complete file. :func:`save_training_state` also refuses to write
+  weights or buffers that are not finite, so the last checkpoint on disk is
+  always one training can continue from.
+* Loading: torchreid's ``load_checkpoint`` calls ``torch.load`` without
+  ``weights_only``; since torch 2.6 that refuses the numpy scalar torchreid
+  stores as ``rank1``. :func:`load_checkpoint` allow-lists exactly the types
+  torchreid's ``save_checkpoint`` writes and refuses anything that would need
+  full unpickling unless the caller trusts the file.
+* Resuming: :func:`load_training_state` restores weights, optimizer,
+  scheduler and RNG states, refuses a checkpoint whose optimizer setup differs
+  from the run's (one line saying what differs), and lets the config's
+  optimizer and schedule settings override the saved ones.
 """
+import os
+import pickle
 import random
+import zipfile
+from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from alfo_torchreid import compat
 from alfo_torchreid.atomic import PartialFile
-from alfo_torchreid.errors import CheckpointError
+from alfo_torchreid.errors import CheckpointError, TrainingError, UntrustedCheckpointError
 
 LATEST = 'latest.pth.tar'
 
+# Optimizer and scheduler entries that are the run's progress, not its settings:
+# everything else in a param group or a scheduler's state comes from the config.
+_OPTIMIZER_PROGRESS = ('params', 'lr', 'initial_lr')
+_SCHEDULER_PROGRESS = ('last_epoch', '_step_count', '_last_lr', '_get_lr_called_within_step',
+                       'base_lrs', '_is_initial')
+
+
+# -- saving -----------------------------------------------------------------
 
 def atomic_save(obj, fpath):
     """``torch.save`` to ``fpath`` through a temporary file, fsync and rename.
@@ -35,32 +59,124 @@ def atomic_save(obj, fpath):
         partial.replace()
 
 
-def rng_state():
-    """The states of Python's, numpy's and torch's generators, as plain data
-    and tensors only (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        'python': random.getstate(),
-        'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)),
-                  'pos': int(pos), 'has_gauss': int(has_gauss), 'gauss': float(gauss)},
-        'torch': torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
+def non_finite_tensors(state_dict):
+    """Names of the floating-point tensors of ``state_dict`` holding NaN or inf."""
+    return [name for name, tensor in state_dict.items()
+            if torch.is_tensor(tensor) and tensor.is_floating_point()
+            and not torch.isfinite(tensor).all()]
 
 
-def set_rng_state(state):
-    """Restores what :func:`rng_state` captured."""
-    version, internal, gauss = state['python']
-    random.setstate((version, tuple(internal), gauss))
-    n = state['numpy']
-    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'],
-                         n['has_gauss'], n['gauss']))
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+def save_training_state(state, fpath):
+    """Writes a checkpoint atomically, unless its weights are not finite.
 
+    Args:
+        state (dict): the checkpoint; ``state['state_dict']`` is checked,
+            parameters and buffers (BatchNorm's running statistics) alike.
+        fpath (str): where to write it.
+
+    Raises:
+        TrainingError: a tensor is NaN or infinite; nothing is written, so the
+            previous checkpoint at ``fpath`` stays.
+    """
+    bad = non_finite_tensors(state['state_dict'])
+    if bad:
+        raise TrainingError(
+            f'the model\'s {", ".join(bad[:3])}{" and others" if len(bad) > 3 else ""} '
+            f'became NaN or infinite at epoch {state["epoch"]}: training stopped without '
+            f'writing "{fpath}", so the last checkpoint on disk is still a good one (lower '
+            'train.lr, then resume with train.resume True)')
+    atomic_save(state, fpath)
+
+
+# -- loading ----------------------------------------------------------------
+
+def _safe_globals():
+    """The non-tensor types in torchreid's checkpoints: ``rank1`` is a numpy
+    scalar (``cmc[0]``), pickled as ``numpy._core.multiarray.scalar`` + dtype."""
+    scalar = getattr(np, '_core', getattr(np, 'core', None)).multiarray.scalar
+    dtype_classes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64,
+                                                 np.int32, np.int64, np.bool_)]
+    # files saved under numpy 1 (torchreid's model zoo) name numpy.core's scalar
+    return [scalar, (scalar, 'numpy.core.multiarray.scalar'), np.dtype, *dtype_classes]
+
+
+def _unsafe_globals(fpath):
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(fpath)
+    except Exception:  # legacy (non-zip) format: cannot be listed without unpickling
+        return ['(unknown: legacy pickle format)']
+
+
+def load_checkpoint(fpath, trust=False, map_location='cpu'):
+    """Loads a checkpoint written by ``torch.save`` without running code from it.
+
+    Args:
+        fpath (str): checkpoint path.
+        trust (bool): allow full unpickling for files that need it. Only for
+            files from a source you trust: unpickling can run arbitrary code.
+        map_location: as in ``torch.load``; ``'cpu'`` by default so that a GPU
+            checkpoint loads on any machine (``load_state_dict`` moves tensors).
+
+    Returns:
+        The loaded object (a dict for torchreid checkpoints).
+
+    Raises:
+        CheckpointError: the file is missing or not a readable checkpoint.
+        UntrustedCheckpointError: the file needs full unpickling and ``trust`` is False.
+    """
+    fpath = os.path.abspath(os.path.expanduser(str(fpath)))
+    if not os.path.isfile(fpath):
+        raise CheckpointError(f'checkpoint "{fpath}" does not exist')
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(fpath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust:
+            raise UntrustedCheckpointError(
+                f'checkpoint "{fpath}" holds objects beyond tensors and plain data '
+                f'({", ".join(_unsafe_globals(fpath))}); loading it means unpickling, which '
+                'can run arbitrary code. If you trust its source, load it with '
+                'trust_checkpoint=True (config: model.trust_checkpoint True)') from None
+        detail = exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(
+            f'checkpoint "{fpath}" is not a readable torch checkpoint ({exc}); '
+            'the file may be truncated or of another format') from None
+    try:
+        return torch.load(fpath, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f'checkpoint "{fpath}" cannot be loaded ({exc}; '
+                              f'first error: {detail})') from None
+
+
+def state_dict_of(checkpoint):
+    """The model weights in a loaded checkpoint: torchreid stores them under
+    ``state_dict``; a bare state dict is returned as is. ``module.`` prefixes
+    (from ``DataParallel``) are removed."""
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError('checkpoint holds no state dict (expected a dict of tensors '
+                              'or a dict with key "state_dict")')
+    return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+
+
+def load_matching_weights(model, state_dict):
+    """Copies the tensors of ``state_dict`` whose name and shape match ``model``.
+
+    Returns:
+        (loaded, skipped): lists of parameter names; ``skipped`` holds the
+        names absent from the model or of another shape (e.g. classifiers).
+    """
+    own = model.state_dict()
+    matched = OrderedDict((k, v) for k, v in state_dict.items()
+                          if k in own and own[k].shape == v.shape)
+    own.update(matched)
+    model.load_state_dict(own)
+    skipped = [k for k in state_dict if k not in matched]
+    return list(matched), skipped
+
+
+# -- what a checkpoint was made for ------------------------------------------
 
 def model_signature(num_classes, schema=None):
     """What a checkpoint must match to be loaded into a model: the number of
@@ -90,18 +206,134 @@ def check_signature(checkpoint, fpath, num_classes, schema=None):
             f'({len(b)} attributes)')
 
 
+# -- random generators -------------------------------------------------------
+
+def rng_state():
+    """The states of Python's, numpy's and torch's generators, as plain data
+    and tensors only (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        'python': random.getstate(),
+        'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)),
+                  'pos': int(pos), 'has_gauss': int(has_gauss), 'gauss': float(gauss)},
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restores what :func:`rng_state` captured."""
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    n = state['numpy']
+    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'],
+                         n['has_gauss'], n['gauss']))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+# -- resuming ---------------------------------------------------------------
+
 def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=None,
                         trust=False, restore_rng=True):
-    """Resumes from ``fpath``: weights, optimizer, scheduler and RNG states,
-    after checking that the checkpoint fits ``num_classes`` and ``model.schema``.
+    """Resumes from ``fpath``: weights, optimizer, scheduler and RNG states.
+
+    The checkpoint must fit ``num_classes`` and ``model.schema`` and have been
+    written with the same optimizer setup (type and parameter groups); the
+    settings of ``optimizer`` and ``scheduler`` as built from the config
+    (learning rate, weight decay, momentum, milestones, ...) replace the saved
+    ones, and each replacement is printed.
 
     Returns:
         (start_epoch, checkpoint).
+
+    Raises:
+        CheckpointError: not a training checkpoint, or one that does not fit.
     """
-    checkpoint = compat.load_checkpoint(fpath, trust)
+    checkpoint = load_checkpoint(fpath, trust)
+    missing = [k for k in ('state_dict', 'epoch') if not isinstance(checkpoint, dict)
+               or k not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f'checkpoint "{fpath}" is not a training checkpoint (it has no '
+            f'{" or ".join(repr(k) for k in missing)}), so there is no run to resume: to start '
+            f'a new run from its weights, use model.load_weights "{fpath}"')
     check_signature(checkpoint, fpath, num_classes, getattr(model, 'schema', None))
-    start_epoch, checkpoint = compat.resume_from_checkpoint(fpath, model, optimizer, scheduler,
-                                                            trust=trust, checkpoint=checkpoint)
+    try:
+        model.load_state_dict(state_dict_of(checkpoint))
+    except RuntimeError as exc:
+        raise CheckpointError(f'checkpoint "{fpath}" does not fit the model: {exc}') from None
+    if optimizer is not None and checkpoint.get('optimizer') is not None:
+        _restore_optimizer(optimizer, checkpoint['optimizer'], fpath)
+    if scheduler is not None and checkpoint.get('scheduler') is not None:
+        _restore_scheduler(scheduler, checkpoint['scheduler'], optimizer)
     if restore_rng and 'rng' in checkpoint:
         set_rng_state(checkpoint['rng'])
-    return start_epoch, checkpoint
+    return int(checkpoint['epoch']), checkpoint
+
+
+def _settings(group, progress):
+    return {k: v for k, v in group.items() if k not in progress}
+
+
+def _restore_optimizer(optimizer, saved, fpath):
+    """Loads ``saved`` into ``optimizer``, keeping the config's settings."""
+    fresh = [dict(group) for group in optimizer.param_groups]
+    groups = saved.get('param_groups', [])
+    sizes = [len(g['params']) for g in groups], [len(g['params']) for g in fresh]
+    kinds = [sorted(_settings(g, _OPTIMIZER_PROGRESS)) for g in groups], \
+        [sorted(_settings(g, _OPTIMIZER_PROGRESS)) for g in fresh]
+    if sizes[0] != sizes[1] or kinds[0] != kinds[1]:
+        raise CheckpointError(
+            f'checkpoint "{fpath}" was saved by another optimizer setup '
+            f'({_describe(groups)}) than this run builds ({_describe(fresh)}): train.optim, '
+            f'train.staged_lr and train.new_layers must be those of the saved run to resume '
+            f'it. To start a new run from its weights instead, use model.load_weights '
+            f'"{fpath}" with another data.save_dir')
+    optimizer.load_state_dict(saved)
+    for index, (group, config) in enumerate(zip(optimizer.param_groups, fresh)):
+        for key, value in _settings(config, _OPTIMIZER_PROGRESS).items():
+            if not _same(group[key], value):
+                print(f'Resume: the config sets {key}={value} for parameter group {index} '
+                      f'(the checkpoint had {group[key]})')
+                group[key] = value
+        base = config.get('initial_lr', config['lr'])
+        saved_base = group.get('initial_lr', base)
+        if not _same(saved_base, base):
+            # keep the schedule's progress: the decay so far applies to the new base
+            group['lr'] = group['lr'] * base / saved_base
+            group['initial_lr'] = base
+            print(f'Resume: the config\'s learning rate {base:g} replaces the checkpoint\'s '
+                  f'{saved_base:g} for parameter group {index} (now {group["lr"]:g} at this '
+                  'point of the schedule)')
+
+
+def _describe(groups):
+    if not groups:
+        return 'no parameter groups'
+    names = sorted({k for g in groups for k in _settings(g, _OPTIMIZER_PROGRESS)})
+    return (f'{len(groups)} parameter group(s) of {[len(g["params"]) for g in groups]} '
+            f'tensors with settings {names}')
+
+
+def _same(a, b):
+    return (list(a) == list(b)) if isinstance(a, (list, tuple)) else a == b
+
+
+def _restore_scheduler(scheduler, saved, optimizer):
+    """Loads the schedule's progress from ``saved``; its settings come from the config."""
+    config = scheduler.state_dict()
+    merged = dict(saved)
+    for key, value in config.items():
+        if key in _SCHEDULER_PROGRESS:
+            continue
+        if key in saved and not _same(saved[key], value):
+            print(f'Resume: the config sets the schedule\'s {key.lstrip("_")}={value} '
+                  f'(the checkpoint had {saved[key]})')
+        merged[key] = value
+    if optimizer is not None:
+        merged['base_lrs'] = [g.get('initial_lr', g['lr']) for g in optimizer.param_groups]
+    scheduler.load_state_dict(merged)

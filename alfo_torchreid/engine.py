@@ -103,9 +103,9 @@ class BaselineEngine(compat.ImageSoftmaxEngine):
         }
         name = checkpoints.LATEST if latest else f'model.pth.tar-{epoch + 1}'
         fpath = osp.join(save_dir, 'model', name)
-        checkpoints.atomic_save(state, fpath)
+        checkpoints.save_training_state(state, fpath)
         if is_best:
-            checkpoints.atomic_save(state, osp.join(save_dir, 'model', 'model-best.pth.tar'))
+            checkpoints.save_training_state(state, osp.join(save_dir, 'model', 'model-best.pth.tar'))
         return fpath
 
     # -- evaluation -------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 import torchreid
 
 import alfo_torchreid  # noqa: F401  (registers datasets and models into torchreid)
-from alfo_torchreid import checkpoints, compat, config, weights
+from alfo_torchreid import checkpoints, config, weights
 from alfo_torchreid.atomic import PartialFile
 from alfo_torchreid.datasets import attribute_files
 from alfo_torchreid.engine import HISTORY, BaselineEngine, ImageFocalVoteEngine
@@ -153,10 +153,12 @@ def build_model(cfg, datamanager):
         print(f'Loaded {len(loaded)} pretrained tensors from "{cfg.model.pretrained}"; '
               f'skipped {len(skipped)}: {", ".join(skipped) or "none"}')
     if cfg.model.load_weights:
-        checkpoint = compat.load_checkpoint(cfg.model.load_weights, cfg.model.trust_checkpoint)
+        checkpoint = checkpoints.load_checkpoint(cfg.model.load_weights,
+                                                cfg.model.trust_checkpoint)
         checkpoints.check_signature(checkpoint, cfg.model.load_weights, num_classes,
                                     getattr(model, 'schema', None))
-        loaded, skipped = compat.load_matching_weights(model, compat.state_dict_of(checkpoint))
+        loaded, skipped = checkpoints.load_matching_weights(
+            model, checkpoints.state_dict_of(checkpoint))
         print(f'Loaded weights from "{cfg.model.load_weights}" ({len(loaded)} tensors, '
               f'{len(skipped)} skipped)')
     return model

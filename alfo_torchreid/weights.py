@@ -15,7 +15,7 @@
 
 Downloads are atomic: a file appears under its cache name only once complete,
 so an interrupted download is never used. Every file is read by
-:func:`alfo_torchreid.compat.load_checkpoint` (no unpickling of code unless
+:func:`alfo_torchreid.checkpoints.load_checkpoint` (no unpickling of code unless
 trusted) and loaded by name and shape; the heads, which depend on the training
 set's identities and attributes, are never taken from pretrained weights, and
 what does not fit is skipped and reported.
@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from alfo_torchreid import compat
+from alfo_torchreid import checkpoints, compat
 from alfo_torchreid.atomic import PartialFile
 from alfo_torchreid.download import download, sha256_of
 from alfo_torchreid.errors import CheckpointError, DownloadError
@@ -219,10 +219,10 @@ def load_weights(model, spec, trust=False):
         CheckpointError, UntrustedCheckpointError, DownloadError.
     """
     path = resolve(spec)
-    state = compat.state_dict_of(compat.load_checkpoint(path, trust))
+    state = checkpoints.state_dict_of(checkpoints.load_checkpoint(path, trust))
     heads = [k for k in state if k.startswith(HEADS)]
     own = model.state_dict()
-    loaded, unmatched = compat.load_matching_weights(
+    loaded, unmatched = checkpoints.load_matching_weights(
         model, {k: v for k, v in state.items() if not k.startswith(HEADS)})
     if not loaded:
         raise CheckpointError(

@@ -7,7 +7,7 @@ import torch
 import torchreid
 from PIL import Image
 
-from alfo_torchreid import compat
+from alfo_torchreid import checkpoints, compat
 from alfo_torchreid.errors import ImageReadError, UntrustedCheckpointError
 
 
@@ -39,8 +39,8 @@ def test_torchreids_own_checkpoint_fails_in_torchreid_but_resumes_here(tmp_path)
         for p in fresh.parameters():
             p.zero_()
     fresh_optimizer.state.clear()
-    epoch, checkpoint = compat.resume_from_checkpoint(path, fresh, fresh_optimizer,
-                                                      fresh_scheduler)
+    epoch, checkpoint = checkpoints.load_training_state(path, fresh, None, fresh_optimizer,
+                                                        fresh_scheduler)
     assert epoch == 7 and checkpoint['rank1'] == pytest.approx(0.625)
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)
@@ -60,7 +60,7 @@ def test_a_pickled_object_is_refused_without_running_it(tmp_path):
     with pytest.raises(UntrustedCheckpointError,
                        match=r'evil.pth" holds objects beyond tensors.*builtins.exec.*'
                              r'trust_checkpoint=True'):
-        compat.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 def test_pretrained_weights_skip_and_list_what_does_not_fit(tmp_path):
@@ -68,8 +68,9 @@ def test_pretrained_weights_skip_and_list_what_does_not_fit(tmp_path):
     target = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 10))
     torch.save({'state_dict': {f'module.{k}': v for k, v in source.state_dict().items()}},
                tmp_path / 'w.pth')
-    checkpoint = compat.load_checkpoint(tmp_path / 'w.pth')
-    loaded, skipped = compat.load_matching_weights(target, compat.state_dict_of(checkpoint))
+    checkpoint = checkpoints.load_checkpoint(tmp_path / 'w.pth')
+    loaded, skipped = checkpoints.load_matching_weights(target,
+                                                      checkpoints.state_dict_of(checkpoint))
     assert loaded == ['0.weight', '0.bias'] and skipped == ['1.weight', '1.bias']
     assert torch.equal(target[0].weight, source[0].weight)
 

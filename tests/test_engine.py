@@ -105,7 +105,7 @@ def test_vote_tally_is_counted_and_survives_the_state_dict(trained):
 
 def test_checkpoints_hold_rng_and_signature(trained):
     _, save_dir, _ = trained
-    from alfo_torchreid.compat import load_checkpoint
+    from alfo_torchreid.checkpoints import load_checkpoint
     checkpoint = load_checkpoint(save_dir / 'model' / 'latest.pth.tar')
     assert checkpoint['epoch'] == EPOCHS
     assert checkpoint['signature']['schema']['dataset'] == 'market1501'

@@ -13,7 +13,7 @@ from unittest import mock
 import pytest
 import torch
 
-from alfo_torchreid import atomic, checkpoints, compat
+from alfo_torchreid import atomic, checkpoints
 from alfo_torchreid.attributes import DUKE_SCHEMA
 from alfo_torchreid.errors import CheckpointError
 from alfo_torchreid.toy import write_attribute_mat
@@ -57,7 +57,7 @@ def test_a_save_failing_half_way_keeps_the_previous_checkpoint(tmp_path):
             pytest.raises((OSError, RuntimeError)):
         checkpoints.atomic_save(newer, path)
     assert path.read_bytes() == before
-    assert compat.load_checkpoint(path)['epoch'] == 3
+    assert checkpoints.load_checkpoint(path)['epoch'] == 3
     assert sorted(p.name for p in path.parent.iterdir()) == ['latest.pth.tar']  # no temp left
 
 
@@ -108,8 +108,8 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(toy_root, tmp_path
     assert resumed.returncode == 0, output[-2000:]
     assert 'continuing at epoch 2' in output
 
-    a = compat.load_checkpoint(whole / 'model' / 'model.pth.tar-3')
-    b = compat.load_checkpoint(killed / 'model' / 'model.pth.tar-3')
+    a = checkpoints.load_checkpoint(whole / 'model' / 'model.pth.tar-3')
+    b = checkpoints.load_checkpoint(killed / 'model' / 'model.pth.tar-3')
     for name, tensor in a['state_dict'].items():
         assert torch.equal(tensor, b['state_dict'][name]), name
     assert a['state_dict']['vote_counts'].sum() > 0
@@ -136,7 +136,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(toy_root, tmp_p
     assert status == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith('error: loss part "loss" is nan at epoch 2, iteration 1')
-    latest = compat.load_checkpoint(tmp_path / 'model' / 'latest.pth.tar')
+    latest = checkpoints.load_checkpoint(tmp_path / 'model' / 'latest.pth.tar')
     assert latest['epoch'] == 1
     assert not (tmp_path / 'model' / 'model.pth.tar-2').exists()
 
@@ -264,9 +264,9 @@ def test_a_checkpoint_that_does_not_fit_is_refused(content, expected, toy_root, 
 def test_trusting_a_checkpoint_is_explicit(tmp_path, capsys):
     path = _checkpoint(tmp_path, extra=_Payload())
     with pytest.raises(CheckpointError, match='trust_checkpoint=True'):
-        compat.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     assert 'this ran while loading' not in capsys.readouterr().out
-    assert compat.load_checkpoint(path, trust=True)['epoch'] == 1
+    assert checkpoints.load_checkpoint(path, trust=True)['epoch'] == 1
     assert 'this ran while loading' in capsys.readouterr().out
 
 
