@@ -14,8 +14,8 @@ import torchreid
 from yacs.config import CfgNode as CN
 
 from alfo_torchreid.errors import ConfigError
+from alfo_torchreid.losses import ATTR_REDUCTIONS, VOTE_MODES
 
-VOTE_MODES = ('majority', 'min', 'mean')
 ATTR_PRED_MODES = ('voted', 'mean')
 FEATURE_MODES = ('global', 'local', 'global+local')
 EVALUATORS = ('alfo', 'torchreid')
@@ -134,8 +134,13 @@ def add_alfo_config(cfg):
     cfg.alfo.focal = True  # False: plain cross entropy (the "no focal loss" ablation)
     cfg.alfo.focal_alpha = 0.5
     cfg.alfo.focal_gamma = 2.0
-    cfg.alfo.id_weight = 1.0  # lambda of L_ID
-    cfg.alfo.attr_weight = 1.0  # weight of the mean voted attribute loss
+    # L = id_weight * L_ID + attr_weight * sum over attributes of the voted losses:
+    # the paper's total loss is "the ID loss plus the voted attribute losses" (end
+    # of its section 2.1, docs/method.md "Loss"). attr_reduction 'mean' divides the
+    # sum by the number of attributes, APR's weighting (1/m of the paper's term).
+    cfg.alfo.id_weight = 1.0
+    cfg.alfo.attr_weight = 1.0
+    cfg.alfo.attr_reduction = 'sum'
     # Annotation files other than <root>/<dataset_dir>/*_attribute.mat ('' = default).
     cfg.alfo.attr_file = CN()
     cfg.alfo.attr_file.market1501_attr = ''
@@ -217,6 +222,7 @@ def check_config(cfg):
     """Rejects values out of range, naming the key and what was expected."""
     a = cfg.alfo
     _choice('alfo.vote', a.vote, VOTE_MODES)
+    _choice('alfo.attr_reduction', a.attr_reduction, ATTR_REDUCTIONS)
     _choice('alfo.attr_pred', a.attr_pred, ATTR_PRED_MODES)
     _choice('alfo.feature', a.feature, FEATURE_MODES)
     _choice('test.evaluator', cfg.test.evaluator, EVALUATORS)
@@ -359,5 +365,6 @@ def alfo_loss_kwargs(cfg):
         'gamma': a.focal_gamma,
         'id_weight': a.id_weight,
         'attr_weight': a.attr_weight,
+        'attr_reduction': a.attr_reduction,
         'label_smooth': cfg.loss.softmax.label_smooth,
     }

@@ -146,15 +146,15 @@ class ImageFocalVoteEngine(BaselineEngine):
     """ALFO's engine: identity loss + voted focal attribute loss.
 
     Args (beyond :class:`BaselineEngine`'s):
-        vote_mode, focal, alpha, gamma, id_weight, attr_weight: see
-            :class:`alfo_torchreid.losses.ALFOLoss`.
+        vote_mode, focal, alpha, gamma, id_weight, attr_weight, attr_reduction:
+            see :class:`alfo_torchreid.losses.ALFOLoss`.
 
     Every batch must carry ``attrs`` (the ``*_attr`` datasets add it).
     """
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
                  label_smooth=True, evaluator='alfo', vote_mode='majority', focal=True,
-                 alpha=0.5, gamma=2.0, id_weight=1.0, attr_weight=1.0):
+                 alpha=0.5, gamma=2.0, id_weight=1.0, attr_weight=1.0, attr_reduction='sum'):
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth, evaluator=evaluator)
         self.schema = model.schema
@@ -162,7 +162,7 @@ class ImageFocalVoteEngine(BaselineEngine):
             datamanager.num_train_pids, attribute_logit_widths(self.schema.num_classes),
             id_weight=id_weight, attr_weight=attr_weight, alpha=alpha, gamma=gamma,
             focal=focal, vote_mode=vote_mode, label_smooth=label_smooth,
-            use_gpu=self.use_gpu)
+            use_gpu=self.use_gpu, attr_reduction=attr_reduction)
         self._attribute_batches = None  # during test(): attribute probabilities per batch
 
     def parse_data_for_train(self, data):

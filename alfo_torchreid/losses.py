@@ -21,6 +21,7 @@ from alfo_torchreid.attributes import UNKNOWN
 from alfo_torchreid.errors import ConfigError
 
 VOTE_MODES = ('majority', 'min', 'mean')
+ATTR_REDUCTIONS = ('sum', 'mean')
 
 # alpha = 0.5 weighs positives and negatives alike: the paper gives no value, and
 # RetinaNet's 0.25 (tuned for detection's rare foreground) would down-weight the
@@ -186,7 +187,8 @@ class ALFOLossOutput(NamedTuple):
     """What :class:`ALFOLoss` returns; the parts are for logging.
 
     total: the scalar to minimise. id: identity loss (None without the global
-    branch). attr: mean voted attribute loss (None without the local branch).
+    branch). attr: the voted attribute losses, summed (or averaged, see
+    ``attr_reduction``) over the attributes (None without the local branch).
     per_attribute: ``[m]`` voted loss of each attribute. winners: ``[m]`` winning
     stripe of each attribute (-1: no vote), for ``ALFO.record_votes``.
     """
@@ -198,16 +200,21 @@ class ALFOLossOutput(NamedTuple):
 
 
 class ALFOLoss(nn.Module):
-    """``total = id_weight * L_ID + attr_weight * mean_j L_att(j)`` (APR eq. 3).
+    """``total = id_weight * L_ID + attr_weight * sum_j L_att(j)`` (docs/method.md, "Loss").
 
-    ``L_ID`` is torchreid's label-smoothing cross entropy; ``L_att(j)`` is the
-    voted focal loss of attribute ``j``, and the mean runs over the attributes
-    with at least one known label in the batch.
+    The paper's total loss is "the ID loss plus the voted attribute losses"
+    (end of its section 2.1, "总损失为行人的 ID 损失与投票选出的属性损失之和"; the
+    abstract says the same): a sum over the ``m`` attributes. ``L_ID`` is
+    torchreid's label-smoothing cross entropy; ``L_att(j)`` is the voted focal
+    loss of attribute ``j`` (0 for an attribute with no known label in the batch).
+    ``attr_reduction='mean'`` divides the sum by the number of attributes with
+    a known label, which is APR's weighting (its eq. 3), 1/m of the paper's.
 
     Args:
         num_classes: training identities.
         widths: logits per attribute (:func:`attribute_logit_widths`).
         id_weight: lambda. attr_weight: w.
+        attr_reduction: ``'sum'`` (the paper) or ``'mean'`` (APR) over attributes.
         alpha, gamma: focal loss parameters.
         focal: False for the "no focal loss" ablation: gamma = 0, alpha = 0.5,
             i.e. half the cross entropy (METHOD.md, Table 1).
@@ -219,10 +226,14 @@ class ALFOLoss(nn.Module):
 
     def __init__(self, num_classes, widths, id_weight=1.0, attr_weight=1.0,
                  alpha=DEFAULT_ALPHA, gamma=DEFAULT_GAMMA, focal=True,
-                 vote_mode='majority', label_smooth=True, use_gpu=True):
+                 vote_mode='majority', label_smooth=True, use_gpu=True, attr_reduction='sum'):
         super().__init__()
         if vote_mode not in VOTE_MODES:
             raise ConfigError(f'vote mode must be one of {VOTE_MODES}, got {vote_mode!r}')
+        if attr_reduction not in ATTR_REDUCTIONS:
+            raise ConfigError(f'attr_reduction must be one of {ATTR_REDUCTIONS}, '
+                              f'got {attr_reduction!r}')
+        self.attr_reduction = attr_reduction
         self.widths = tuple(widths)
         self.id_weight, self.attr_weight = id_weight, attr_weight
         self.alpha, self.gamma = (alpha, gamma) if focal else (0.5, 0.0)
@@ -245,8 +256,9 @@ class ALFOLoss(nn.Module):
             losses, valid = attribute_losses(outputs.attr_logits, attrs, self.widths,
                                              self.alpha, self.gamma)
             per_attribute, winners = vote(losses, self.vote_mode, valid)
-            known = valid.any(0)
-            attr_loss = per_attribute.sum() / known.sum().clamp(min=1)
+            attr_loss = per_attribute.sum()
+            if self.attr_reduction == 'mean':
+                attr_loss = attr_loss / valid.any(0).sum().clamp(min=1)
             weighted = self.attr_weight * attr_loss
             total = weighted if total is None else total + weighted
         return ALFOLossOutput(total, id_loss, attr_loss, per_attribute, winners)
