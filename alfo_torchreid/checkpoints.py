@@ -77,6 +77,8 @@ def save_training_state(state, fpath):
     Raises:
         TrainingError: a tensor is NaN or infinite; nothing is written, so the
             previous checkpoint at ``fpath`` stays.
+        CheckpointError: the file could not be written (a full disk, say); the
+            previous checkpoint at ``fpath`` stays.
     """
     bad = non_finite_tensors(state['state_dict'])
     if bad:
@@ -85,7 +87,12 @@ def save_training_state(state, fpath):
             f'became NaN or infinite at epoch {state["epoch"]}: training stopped without '
             f'writing "{fpath}", so the last checkpoint on disk is still a good one (lower '
             'train.lr, then resume with train.resume True)')
-    atomic_save(state, fpath)
+    try:
+        atomic_save(state, fpath)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer raises RuntimeError
+        raise CheckpointError(
+            f'could not write checkpoint "{fpath}" ({" ".join(str(exc).split())}); the '
+            'previous file of that name, if any, is intact') from None
 
 
 # -- loading ----------------------------------------------------------------

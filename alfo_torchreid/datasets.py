@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 # torchreid's file-name pattern (Market1501/DukeMTMCreID.process_dir), which it
 # searches in the whole path: "<person id>_c<camera>".
 IMAGE_NAME_PATTERN = re.compile(r'([-\d]+)_c(\d)')
-# Query/gallery ids without attributes (METHOD.md): Market's distractor (0) and
+# Query/gallery ids without attributes (docs/method.md, "Decisions"): Market's distractor (0) and
 # junk (-1) detections.
 JUNK_PIDS = (0, -1)
 

@@ -316,7 +316,7 @@ def attribute_metrics(pred, target, schema, probs=None):
 
         - ``accuracy``: ``{name: fraction of known labels predicted right}``.
         - ``balanced_accuracy``: ``{name: mean recall over the classes present
-          in the target}``: (TP/P + TN/N)/2 for a binary attribute (METHOD.md's
+          in the target}``: (TP/P + TN/N)/2 for a binary attribute (docs/method.md's
           mA term; only the present term when P or N is 0), the mean per-class
           recall for a multi-class one (Market's age).
         - ``mean_accuracy``, ``mA``: means of the two over attributes.
