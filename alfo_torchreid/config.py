@@ -513,9 +513,10 @@ def alfo_model_kwargs(cfg):
 
 
 def alfo_loss_kwargs(cfg):
-    """Keyword arguments of the ALFO loss (focal, vote and weights)."""
+    """Keyword arguments of the ALFO loss (focal, vote, weights, and with
+    ``loss.name triplet`` the triplet term: docs/method.md, "Loss")."""
     a = cfg.alfo
-    return {
+    kwargs = {
         'vote_mode': a.vote,
         'focal': a.focal,
         'alpha': a.focal_alpha,
@@ -525,3 +526,8 @@ def alfo_loss_kwargs(cfg):
         'attr_reduction': a.attr_reduction,
         'label_smooth': cfg.loss.softmax.label_smooth,
     }
+    if cfg.loss.name == 'triplet':
+        kwargs.update(id_weight=a.id_weight * cfg.loss.triplet.weight_x,
+                      triplet_weight=cfg.loss.triplet.weight_t,
+                      margin=cfg.loss.triplet.margin)
+    return kwargs

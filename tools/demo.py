@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """`make demo`: the toy dataset, ALFO and PCB trained on it, and their comparison.
 
 Everything runs on the CPU from files this script writes (no downloads):

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Writes the toy Market-1501 / DukeMTMC-reID (see ``alfo_torchreid.toy``).
 
     python tools/make_toy_dataset.py --root reid-data --dataset all
