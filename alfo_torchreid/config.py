@@ -9,6 +9,7 @@ a config into constructor arguments, as in torchreid's scripts.
 import contextlib
 import inspect
 import os
+import re
 
 import torch
 import torchreid
@@ -211,11 +212,30 @@ def _as_config_error(where):
         yield
     except (KeyError, ValueError, AssertionError, TypeError, AttributeError,
             yaml.YAMLError) as exc:
-        message = str(exc.args[0] if exc.args else exc)
-        # yacs says "Non-existent config key: a.b" for unknown keys
-        message = message.replace('Non-existent config key', 'unknown config key')
-        message = message.replace('Non-existent key', 'unknown config key')
-        raise ConfigError(f'{" ".join(message.split())} (in {where})') from None
+        raise ConfigError(f'{_plain(str(exc.args[0] if exc.args else exc))} (in {where})') from None
+
+
+# yacs' "Type mismatch (<class 'int'> vs. <class 'str'>) with values (6 vs. abc)
+# for config key: alfo.num_parts"
+_TYPE_MISMATCH = re.compile(r"Type mismatch \(<class '(\w+)'> vs\. <class '\w+'>\) with values "
+                            r"\((.*) vs\. (.*)\) for config key: (\S+)", re.S)
+
+
+_TYPE_NAMES = {'int': 'an integer', 'float': 'a number', 'bool': 'True or False',
+               'str': 'a string', 'list': 'a list', 'tuple': 'a list'}
+
+
+def _plain(message):
+    """yacs' wording of an error, as a user of the command line reads it."""
+    message = ' '.join(message.split())
+    match = _TYPE_MISMATCH.search(message)
+    if match:
+        kind, default, value, key = match.groups()
+        kind = _TYPE_NAMES.get(kind, f'a {kind}')
+        return f'{key} must be {kind} like its default {default}, got {value!r}'
+    # yacs says "Non-existent config key: a.b" for unknown keys
+    return message.replace('Non-existent config key', 'unknown config key').replace(
+        'Non-existent key', 'unknown config key')
 
 
 BASE_KEY = '_BASE_'
@@ -269,8 +289,8 @@ def _floats_as_floats(cfg, opts):
     """``KEY VALUE`` pairs with integer literals given to float keys written
     as floats, since yacs refuses ``alfo.focal_gamma 0`` for a float default."""
     if len(opts) % 2:
-        raise ConfigError(f'overrides must come in KEY VALUE pairs, got {opts} '
-                          '(on the command line)')
+        raise ConfigError(f'the override "{opts[-1]}" has no value: overrides come in KEY VALUE '
+                          'pairs')
     out = list(opts)
     for i in range(0, len(opts), 2):
         node, *path = cfg, *opts[i].split('.')
@@ -356,7 +376,7 @@ SCHEMA = {
     'alfo.vote': one_of(*VOTE_MODES),
     'alfo.attr_pred': one_of(*ATTR_PRED_MODES),
     'alfo.feature': one_of(*FEATURE_MODES),
-    'alfo.focal_alpha': between(0.0, 1.0),
+    'alfo.focal_alpha': between(0, 1),
     'alfo.focal_gamma': at_least(0),
     'alfo.id_weight': at_least(0),
     'alfo.attr_weight': at_least(0),
