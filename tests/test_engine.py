@@ -109,6 +109,18 @@ def test_checkpoints_hold_rng_and_signature(trained):
     assert {'python', 'numpy', 'torch'} <= set(checkpoint['rng'])
 
 
+def test_snapshots_hold_the_optimizer_when_asked(trained, tmp_path):
+    engine = trained[0]
+    from alfo_torchreid.checkpoints import load_checkpoint
+    assert 'optimizer' not in load_checkpoint(engine.save_model(0, 0.5, str(tmp_path)))
+    engine.snapshot_optimizer = True
+    try:
+        snapshot = load_checkpoint(engine.save_model(1, 0.5, str(tmp_path)))
+    finally:
+        engine.snapshot_optimizer = False
+    assert snapshot['optimizer']['state'] and snapshot['rank1'] == 0.5
+
+
 def test_batch_without_attributes_is_refused(toy_root):
     engine = make_engine(make_datamanager(toy_root))
     batch = next(iter(engine.train_loader))

@@ -467,3 +467,15 @@ def test_sigint_during_training_exits_130_and_keeps_the_checkpoint(toy_root, tmp
     assert proc.returncode == 130, output[-2000:]
     assert 'interrupted: what was saved is kept' in output and 'Traceback' not in output
     assert checkpoints.load_checkpoint(latest)['epoch'] >= 1
+
+
+def test_snapshots_hold_the_weights_alone_and_latest_the_whole_state(finished_run):
+    snapshot_path = finished_run / 'model' / 'model.pth.tar-1'
+    latest_path = finished_run / 'model' / 'latest.pth.tar'
+    snapshot, latest = (checkpoints.load_checkpoint(p) for p in (snapshot_path, latest_path))
+    assert set(snapshot) == {'state_dict', 'epoch', 'rank1', 'signature'}
+    assert {'optimizer', 'scheduler', 'rng'} <= set(latest)
+    for name, tensor in snapshot['state_dict'].items():
+        assert torch.equal(tensor, latest['state_dict'][name]), name
+    # Adam keeps two moments per parameter: the snapshot is about a third of latest
+    assert snapshot_path.stat().st_size < 0.4 * latest_path.stat().st_size
