@@ -27,7 +27,6 @@ dataset is refused with a clear message).
 import os
 import pickle
 import random
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -145,7 +144,7 @@ def load_checkpoint(fpath, trust=False, map_location='cpu'):
                 'can run arbitrary code. If you trust its source, load it with '
                 'trust_checkpoint=True (config: model.trust_checkpoint True)') from None
         detail = exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch's safe unpickler fails on garbage in many ways
         raise CheckpointError(
             f'checkpoint "{fpath}" is not a readable torch checkpoint ({exc}); '
             'the file may be truncated or of another format') from None

@@ -420,6 +420,9 @@ def check_config(cfg):
             f'loss.name triplet needs identities with several images in every batch: set '
             f'sampler.train_sampler RandomIdentitySampler (got {cfg.sampler.train_sampler!r}; '
             f'sampler.num_instances images per identity)')
+    if cfg.test.visrank and not cfg.test.evaluate:
+        raise ConfigError('test.visrank True needs test.evaluate True: ranked lists are drawn '
+                          'when evaluating trained weights (model.load_weights), as in torchreid')
     if cfg.sampler.train_sampler == 'RandomIdentitySampler' and \
             cfg.train.batch_size % cfg.sampler.num_instances:
         raise ConfigError(

@@ -43,6 +43,7 @@ BAD_VALUES = {
     'test.dist_metric': ['l2', 'cos'],
     'test.ranks': ['[0]', '[51]'],
     'test.visrank_topk': ['0'],
+    'test.visrank': ['True'],
     'test.evaluator': ['cython'],
     'data.workers': ['-1'],
     'data.height': ['8'],

@@ -82,12 +82,12 @@ def _history(save_dir):
 
 
 def _kill_after_epoch(proc, save_dir, epoch, timeout=300):
-    """SIGKILLs ``proc`` once its ``epoch`` checkpoint is on disk."""
-    history, latest = save_dir / 'history.jsonl', save_dir / 'model' / 'latest.pth.tar'
+    """SIGKILLs ``proc`` once its ``epoch`` checkpoint is on disk (the engine
+    writes an epoch's history line after its checkpoint)."""
+    history = save_dir / 'history.jsonl'
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if history.exists() and len(history.read_text().splitlines()) >= epoch \
-                and latest.exists() and latest.stat().st_mtime >= history.stat().st_mtime:
+        if history.exists() and len(history.read_text().splitlines()) >= epoch:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return
