@@ -89,6 +89,14 @@ def _missing_folders(folder):
     return missing[::-1]
 
 
+def write_file(dest, data):
+    """Writes ``data`` (bytes) to ``dest`` through a :class:`PartialFile`."""
+    with PartialFile(dest) as partial:
+        partial.file.write(data)
+        partial.sync()
+        partial.replace()
+
+
 def fsync_folder(folder):
     """Makes a rename in ``folder`` durable (POSIX); a no-op where folders
     cannot be opened or synced."""

@@ -7,6 +7,7 @@ both). ``cmc.png``: the CMC curves. ``attributes.png``: per-attribute balanced
 accuracy of the runs that predict attributes.
 """
 import csv
+import io
 import json
 import os
 import os.path as osp
@@ -17,6 +18,7 @@ matplotlib.use('Agg')  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from alfo_torchreid.atomic import write_file  # noqa: E402
 from alfo_torchreid.errors import AlfoError  # noqa: E402
 
 COLUMNS = ('run', 'model', 'dataset', 'rank1', 'rank5', 'rank10', 'mAP', 'attr_mA',
@@ -102,10 +104,22 @@ def _rounded(row):
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
 
 
-def markdown_table(table):
-    lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-    lines += ['| ' + ' | '.join(_cell(r[c]) for c in COLUMNS) + ' |' for r in table]
+def markdown_table(table, columns=COLUMNS):
+    """The rows (dicts) of ``table`` as a Markdown table of ``columns``."""
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(_cell(r[c]) for c in columns) + ' |' for r in table]
     return '\n'.join(lines) + '\n'
+
+
+def csv_text(table, columns=COLUMNS):
+    """The rows (dicts) of ``table`` as CSV text: a header line of ``columns``,
+    then one line per row, floats rounded to 2 decimals as in the Markdown
+    (CRLF line ends, as the csv module writes)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(_rounded(row) for row in table)
+    return out.getvalue()
 
 
 def plot_cmc(runs, path, max_rank=20):
@@ -179,14 +193,11 @@ def write_report(run_dirs, out_dir):
     table = rows(runs)
     os.makedirs(out_dir, exist_ok=True)
     text = markdown_table(table)
-    with open(osp.join(out_dir, 'comparison.md'), 'w') as f:
-        f.write('# Comparison\n\nRank-k, mAP and attribute mA in %; params: all trained '
-                'parameters, in millions; GFLOPs per image at inference; training seconds '
-                'per epoch.\n\n' + text)
-    with open(osp.join(out_dir, 'comparison.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(_rounded(row) for row in table)
+    write_file(osp.join(out_dir, 'comparison.md'), (
+        '# Comparison\n\nRank-k, mAP and attribute mA in %; params: all trained parameters, '
+        'in millions; GFLOPs per image at inference; training seconds per epoch.\n\n'
+        + text).encode())
+    write_file(osp.join(out_dir, 'comparison.csv'), csv_text(table).encode())
     plot_cmc(runs, osp.join(out_dir, 'cmc.png'))
     plot_attributes(runs, osp.join(out_dir, 'attributes.png'))
     return text

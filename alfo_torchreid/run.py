@@ -24,7 +24,7 @@ import torchreid
 
 import alfo_torchreid  # noqa: F401  (registers datasets and models into torchreid)
 from alfo_torchreid import checkpoints, config, weights
-from alfo_torchreid.atomic import PartialFile
+from alfo_torchreid.atomic import PartialFile, write_file
 from alfo_torchreid.datasets import attribute_files
 from alfo_torchreid.engine import (BaselineEngine, BaselineTripletEngine, ImageFocalVoteEngine,
                                    unwrap)
@@ -322,9 +322,6 @@ def save_metrics(cfg, engine, epochs):
         'written': time.strftime('%Y-%m-%d %H:%M:%S'),
     }
     path = osp.join(cfg.data.save_dir, METRICS)
-    with PartialFile(path) as partial:
-        partial.file.write(json.dumps(summary, indent=1).encode())
-        partial.sync()
-        partial.replace()
+    write_file(path, json.dumps(summary, indent=1).encode())
     print(f'Metrics written to "{path}"')
     return summary
