@@ -9,11 +9,8 @@ next), each into ``<out>/<row>/seed<k>`` with ``train.seed k``.
 
 Continuing: a run whose folder holds ``metrics.json`` has finished and is
 skipped; every other run starts with ``train.resume True``, so one that was
-interrupted continues from its ``model/latest.pth.tar``. One stopped after its
-last epoch, in its final test, has nothing left to train: its last checkpoint
-is tested as ``tools/main.py`` evaluates weights, into
-``<save_dir>/eval-latest.pth.tar/``, whose ``metrics.json`` then counts as the
-run's. ``<out>/configs.json`` records the config of every run: a run that an
+interrupted continues from its ``model/latest.pth.tar`` (one stopped in its
+final test is tested, :func:`alfo_torchreid.run.main`). ``<out>/configs.json`` records the config of every run: a run that an
 earlier invocation started with another config (other overrides, other
 epochs) is refused rather than mixed into the tables.
 
@@ -221,26 +218,8 @@ def _flatten(node, prefix=''):
     return flat
 
 
-def final_test_opts(run):
-    """The overrides that test the last checkpoint of ``run`` (as ``tools/main.py``
-    evaluates: into ``<save_dir>/eval-latest.pth.tar/``)."""
-    return (*run.opts, 'test.evaluate', 'True',
-            'model.load_weights', osp.join(run.save_dir, 'model', LATEST))
-
-
-def metrics_folder(run):
-    """The folder holding the ``metrics.json`` of ``run``: its own, or that of the
-    test of its last checkpoint; None while neither exists."""
-    final_test = run_lib.evaluation_folder(config.load_config(run.config_file,
-                                                              final_test_opts(run)))
-    for folder in (run.save_dir, final_test):
-        if osp.isfile(osp.join(folder, run_lib.METRICS)):
-            return folder
-    return None
-
-
 def is_finished(run):
-    return metrics_folder(run) is not None
+    return osp.isfile(osp.join(run.save_dir, run_lib.METRICS))
 
 
 def train_missing(runs):
@@ -255,9 +234,7 @@ def train_missing(runs):
         resumed = osp.isfile(osp.join(run.save_dir, 'model', LATEST))
         print(f'{head}{", resumed" if resumed else ""} — ETA {eta(seconds, left)}', flush=True)
         start = time.monotonic()
-        if run_lib.main(run.config_file, run.opts) is None:
-            # trained to its last epoch, then stopped in its final test
-            run_lib.main(run.config_file, final_test_opts(run))
+        run_lib.main(run.config_file, run.opts)
         seconds.append(time.monotonic() - start)
         left -= 1
 
@@ -272,7 +249,7 @@ def eta(seconds, runs_left):
 
 def run_results(run, target):
     """``{'rank1', 'rank5', 'mAP', 'attr_mA'}`` (%, None when absent) of a finished run."""
-    for row in report.rows([report.load_run(metrics_folder(run) or run.save_dir)]):
+    for row in report.rows([report.load_run(run.save_dir)]):
         if row['dataset'] == target:
             return {key: row[key] for key in METRIC_KEYS}
     raise AlfoError(f'"{osp.join(run.save_dir, run_lib.METRICS)}" has no results on {target}')

@@ -24,7 +24,7 @@ import torchreid
 
 import alfo_torchreid  # noqa: F401  (registers datasets and models into torchreid)
 from alfo_torchreid import checkpoints, config, weights
-from alfo_torchreid.atomic import PartialFile, write_file
+from alfo_torchreid.atomic import write_file
 from alfo_torchreid.datasets import attribute_files
 from alfo_torchreid.engine import (BaselineEngine, BaselineTripletEngine, ImageFocalVoteEngine,
                                    unwrap)
@@ -114,26 +114,32 @@ def _run(cfg, log):
     model = place_on_device(cfg, model)
     optimizer = torchreid.optim.build_optimizer(model, **config.optimizer_kwargs(cfg))
     scheduler = torchreid.optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+    final_test_only = False
     if not cfg.test.evaluate:
         start_epoch = resume(cfg, model, datamanager.num_train_pids, optimizer, scheduler)
         if start_epoch >= cfg.train.max_epoch:
-            print(f'Nothing to train: the run in "{cfg.data.save_dir}" is at epoch '
-                  f'{start_epoch} and train.max_epoch is {cfg.train.max_epoch}; no file was '
-                  'changed (raise train.max_epoch to train on, or evaluate it with '
-                  'test.evaluate True)')
-            return None
+            if start_epoch > cfg.train.max_epoch or \
+                    osp.isfile(osp.join(cfg.data.save_dir, METRICS)):
+                print(f'Nothing to train: the run in "{cfg.data.save_dir}" is at epoch '
+                      f'{start_epoch} and train.max_epoch is {cfg.train.max_epoch}; no file '
+                      'was changed (raise train.max_epoch to train on, or evaluate it with '
+                      'test.evaluate True)')
+                return None
+            print(f'The run in "{cfg.data.save_dir}" was stopped in its final test: testing '
+                  f'its epoch-{start_epoch} weights now')
+            final_test_only = True
         cfg.defrost()
         cfg.train.start_epoch = start_epoch
 
     # from here on the run writes into its folder
     log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
-    with PartialFile(osp.join(cfg.data.save_dir, 'config.yaml')) as partial:
-        partial.file.write(cfg.dump().encode())
-        partial.replace()
+    if not final_test_only:
+        write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
     engine = build_engine(cfg, datamanager, model, optimizer, scheduler)
-    if cfg.test.evaluate:
-        engine.epoch = max(trained_epoch - 1, 0)  # results and TensorBoard name the epoch
-    engine.run(**config.engine_run_kwargs(cfg))
+    if cfg.test.evaluate or final_test_only:
+        # results and TensorBoard name the epoch of the weights tested
+        engine.epoch = max((trained_epoch if cfg.test.evaluate else start_epoch) - 1, 0)
+    engine.run(**config.engine_run_kwargs(cfg), test_only=cfg.test.evaluate or final_test_only)
     save_metrics(cfg, engine, trained_epoch if cfg.test.evaluate else cfg.train.max_epoch)
     return engine
 

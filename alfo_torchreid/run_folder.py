@@ -16,7 +16,7 @@ import os.path as osp
 import time
 import warnings
 
-from alfo_torchreid.atomic import PartialFile
+from alfo_torchreid.atomic import write_file
 from alfo_torchreid.errors import RunFolderError
 
 LOCK = '.lock'
@@ -134,8 +134,5 @@ def drop_torn_last_line(save_dir):
         data = f.read()
     if not data or data.endswith(b'\n'):
         return
-    with PartialFile(path) as partial:
-        partial.file.write(data[:data.rfind(b'\n') + 1])
-        partial.sync()
-        partial.replace()
+    write_file(path, data[:data.rfind(b'\n') + 1])
     warnings.warn(f'"{path}": dropped its last line, cut short by an interrupted write')
