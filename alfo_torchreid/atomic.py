@@ -6,6 +6,7 @@ renamed over the destination; the folder is fsynced so that the rename itself
 survives a crash. If anything fails before the rename, the temporary file is
 removed and the destination is left as it was.
 """
+import contextlib
 import os
 import secrets
 
@@ -60,6 +61,16 @@ class PartialFile:
         finally:
             if os.path.exists(self.path):  # not replaced: an error
                 os.remove(self.path)
+
+
+@contextlib.contextmanager
+def replacing(dest):
+    """A binary file to write in a ``with`` block; it becomes ``dest`` (synced,
+    renamed) when the block ends without an error, and is removed otherwise."""
+    with PartialFile(dest) as partial:
+        yield partial.file
+        partial.sync()
+        partial.replace()
 
 
 def fsync_folder(folder):
