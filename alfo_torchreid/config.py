@@ -120,7 +120,8 @@ def get_default_config():
 
 
 def add_alfo_config(cfg):
-    """Adds the ``alfo`` section: stripes, vote, losses and branch switches."""
+    """Adds the ``alfo`` section (stripes, vote, losses and branch switches) and
+    ``test.attr_rerank_weight``."""
     cfg.alfo = CN()
     cfg.alfo.last_stride = 1  # 1 as in PCB: a 16x8 map for 256x128 input
     cfg.alfo.num_parts = 6  # the paper found 6 stripes best
@@ -140,6 +141,10 @@ def add_alfo_config(cfg):
     cfg.alfo.attr_file = CN()
     cfg.alfo.attr_file.market1501_attr = ''
     cfg.alfo.attr_file.dukemtmcreid_attr = ''
+    # > 0: the test ranks by re-ID distance + this x the query's median distance x
+    # the attribute disagreement (attribute_match.attribute_reranked), as
+    # tools/search.py --attr-weight does; 0: torchreid's ranking
+    cfg.test.attr_rerank_weight = 0.0
     return cfg
 
 
@@ -238,6 +243,12 @@ def check_config(cfg):
             raise ConfigError(f'train.{key} must be >= 1, got {cfg.train[key]}')
     if cfg.train.lr <= 0:
         raise ConfigError(f'train.lr must be > 0, got {cfg.train.lr}')
+    rerank = cfg.test.attr_rerank_weight
+    if rerank < 0:
+        raise ConfigError(f'test.attr_rerank_weight must be >= 0, got {rerank}')
+    if rerank and not (cfg.model.name.startswith('alfo') and a.local_branch):
+        raise ConfigError(f'test.attr_rerank_weight {rerank} needs predicted attributes: '
+                          'model.name alfo or alfo_duke with alfo.local_branch True')
 
 
 def _choice(key, value, allowed):

@@ -21,7 +21,8 @@ import torch
 import torchreid
 
 from alfo_torchreid import checkpoints, compat
-from alfo_torchreid.errors import TrainingError
+from alfo_torchreid.attribute_match import attribute_disagreement, attribute_reranked
+from alfo_torchreid.errors import ConfigError, TrainingError
 from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
 from alfo_torchreid.metrics import attribute_metrics, evaluate_rank, format_attribute_table
 
@@ -127,6 +128,7 @@ class BaselineEngine(compat.ImageSoftmaxEngine):
         records = []
 
         def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, **kwargs):
+            distmat = self.ranking_distances(distmat)
             if self.evaluator == 'alfo':
                 kwargs.pop('use_cython', None)
                 out = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, **kwargs)
@@ -141,6 +143,10 @@ class BaselineEngine(compat.ImageSoftmaxEngine):
         finally:
             torchreid.metrics.evaluate_rank = original
 
+    def ranking_distances(self, distmat):
+        """The ``[Q, G]`` distances the evaluator ranks: torchreid's, here."""
+        return distmat
+
 
 class ImageFocalVoteEngine(BaselineEngine):
     """ALFO's engine: identity loss + voted focal attribute loss.
@@ -148,15 +154,24 @@ class ImageFocalVoteEngine(BaselineEngine):
     Args (beyond :class:`BaselineEngine`'s):
         vote_mode, focal, alpha, gamma, id_weight, attr_weight: see
             :class:`alfo_torchreid.losses.ALFOLoss`.
+        attr_rerank_weight: above 0, the test ranks by re-ID distance plus this
+            weight times the attribute disagreement term of
+            :func:`alfo_torchreid.attribute_match.attribute_reranked` (what
+            ``tools/search.py --attr-weight`` does); 0 leaves torchreid's
+            ranking. torchreid's ``visrank`` still draws torchreid's ranking.
 
     Every batch must carry ``attrs`` (the ``*_attr`` datasets add it).
     """
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
                  label_smooth=True, evaluator='alfo', vote_mode='majority', focal=True,
-                 alpha=0.5, gamma=2.0, id_weight=1.0, attr_weight=1.0):
+                 alpha=0.5, gamma=2.0, id_weight=1.0, attr_weight=1.0, attr_rerank_weight=0.0):
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth, evaluator=evaluator)
+        if attr_rerank_weight and not model.local_branch:
+            raise ConfigError('test.attr_rerank_weight needs attribute heads: this ALFO has '
+                              'no local branch (alfo.local_branch False)')
+        self.attr_rerank_weight = attr_rerank_weight
         self.schema = model.schema
         self.criterion = ALFOLoss(
             datamanager.num_train_pids, attribute_logit_widths(self.schema.num_classes),
@@ -209,7 +224,7 @@ class ImageFocalVoteEngine(BaselineEngine):
         re-ID features (:meth:`extract_features`), not from a second pass.
         """
         measure = self.model.local_branch and not kwargs.get('visrank')
-        self._attribute_batches = [] if measure else None
+        self._attribute_batches = [] if measure or self.attr_rerank_weight else None
         try:
             rank1 = super().test(**kwargs)
             batches = self._attribute_batches
@@ -227,6 +242,18 @@ class ImageFocalVoteEngine(BaselineEngine):
         features, probs = self.model.features_and_attributes(input)
         self._attribute_batches.append([p.cpu() for p in probs])
         return features
+
+    def ranking_distances(self, distmat):
+        """torchreid's distances plus, with ``attr_rerank_weight``, the attribute
+        term computed from the probabilities kept during this target's query and
+        gallery extraction (the last ``Q + G`` rows kept)."""
+        if not self.attr_rerank_weight:
+            return distmat
+        probs = torch.cat([torch.cat(batch, dim=1) for batch in self._attribute_batches])
+        num_query, num_gallery = distmat.shape
+        probs = probs[len(probs) - num_query - num_gallery:]
+        disagreement = attribute_disagreement(probs[:num_query], probs[num_query:], self.schema)
+        return attribute_reranked(distmat, disagreement, self.attr_rerank_weight).numpy()
 
     def _report_attributes(self, batches):
         """Splits the probabilities kept during the test by target and split

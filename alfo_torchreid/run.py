@@ -181,7 +181,8 @@ def build_engine(cfg, datamanager, model, optimizer, scheduler):
     if is_alfo(cfg):
         kwargs = config.alfo_loss_kwargs(cfg)
         kwargs.pop('label_smooth')
-        return ImageFocalVoteEngine(datamanager, model, optimizer, **common, **kwargs)
+        return ImageFocalVoteEngine(datamanager, model, optimizer, **common, **kwargs,
+                                    attr_rerank_weight=cfg.test.attr_rerank_weight)
     return BaselineEngine(datamanager, model, optimizer, **common)
 
 
