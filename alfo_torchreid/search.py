@@ -8,7 +8,8 @@ the nearest items:
 * ``torch``: exact, a matrix-vector product over the whole gallery;
 * ``faiss-flat``: exact, FAISS's ``IndexFlatL2`` (the ``faiss`` extra);
 * ``faiss-ivfpq``: approximate, FAISS's ``IndexIVFPQ`` for large galleries,
-  its shortlist re-scored with the exact features.
+  its shortlist re-scored with the exact features; the default from
+  :data:`AUTO_IVFPQ_ITEMS` images on when FAISS is installed.
 
 :func:`rank_gallery` ranks for one query: only the items whose predicted
 attributes meet a ``--where`` filter (FAISS filters inside the search), and
@@ -27,6 +28,7 @@ from alfo_torchreid.errors import SearchError
 BACKENDS = ('torch', 'faiss-flat', 'faiss-ivfpq')
 IVFPQ_MIN_ITEMS = 10000  # FAISS wants >= 39 * 256 points to train 8-bit PQ codebooks
 IVFPQ_REFINE = 10  # IVF-PQ returns this many times the asked-for items, re-scored exactly
+AUTO_IVFPQ_ITEMS = 100000  # where IVF-PQ answers 10x faster than torch (benchmarks/README.md)
 SCALE_SAMPLE = 20000  # gallery items giving a query's median distance (all of Market's)
 
 
@@ -40,13 +42,18 @@ def import_faiss():
     return faiss
 
 
-def default_backend():
-    """``faiss-flat`` when FAISS is installed, else ``torch``: both exact."""
+def default_backend(count):
+    """The backend for a gallery of ``count`` items: ``faiss-ivfpq`` from
+    :data:`AUTO_IVFPQ_ITEMS` on when FAISS is installed, else ``torch``
+    (exact; for one query it is faster than FAISS's exact ``faiss-flat``,
+    see benchmarks/README.md)."""
+    if count < AUTO_IVFPQ_ITEMS:
+        return 'torch'
     try:
         import faiss  # noqa: F401
     except ImportError:
         return 'torch'
-    return 'faiss-flat'
+    return 'faiss-ivfpq'
 
 
 def search_settings(backend, count):
@@ -106,7 +113,7 @@ class TorchSearch:
             first; ``k' < k`` when fewer rows are allowed.
         """
         query = torch.from_numpy(np.asarray(query, dtype=np.float32))
-        distances = (self.squared_norms - 2 * self.features @ query + query @ query).clamp(min=0)
+        distances = (self.squared_norms - 2 * (self.features @ query) + query @ query).clamp(min=0)
         if allowed is not None:
             distances[~torch.from_numpy(allowed)] = float('inf')
             k = min(k, int(allowed.sum()))
