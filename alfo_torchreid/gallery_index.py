@@ -19,7 +19,8 @@ An update writes a new generation's files, then replaces ``index.json``
 atomically, then removes the old generation: an interrupted update leaves the
 previous index whole. It re-extracts only the images that are new or whose
 size or modification time changed, and drops the rows of images gone from the
-gallery. A model whose identity differs from the index's is refused.
+gallery (an IVF-PQ index is trained again on the updated features). A model
+whose identity differs from the index's is refused.
 """
 import csv
 import io
@@ -154,8 +155,8 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
         trained (TrainedALFO): the model; an existing index must have been
             built by the same one (:func:`check_identity`).
         inputs (list): image files and folders (:func:`~alfo_torchreid.inference.find_images`).
-        backend (str): one of :data:`alfo_torchreid.search.BACKENDS`; None: the existing index's, or
-            ``faiss-flat`` when FAISS is installed, else ``torch``.
+        backend (str): one of :data:`alfo_torchreid.search.BACKENDS`; None:
+            the existing index's, else :func:`~alfo_torchreid.search.default_backend`.
 
     Returns:
         (GalleryIndex, UpdateReport). Unreadable images are left out (named in
@@ -165,8 +166,9 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
     old = load_index(folder) if has_index(folder) else None
     if old is not None:
         check_identity(old, trained)
-    backend = backend or (old.backend if old is not None else default_backend())
     paths = find_images(inputs)
+    backend = backend or (old.backend if old is not None else default_backend(len(paths)))
+    search_settings(backend, len(paths))  # refuse a backend before extracting anything
     stamps = {path: file_stamp(path) for path in paths}
     old_rows = {} if old is None else {path: row for row, path in enumerate(old.paths)}
     kept = [old_rows[p] for p in paths if p in old_rows and old.stamps[old_rows[p]] == stamps[p]]
@@ -180,7 +182,8 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
         attributes = np.concatenate([old.attributes[kept], predictions.attributes])
     else:
         attributes = predictions.attributes
-    new_paths = [old.paths[row] for row in kept] + predictions.paths if old else predictions.paths
+    new_paths = predictions.paths if old is None else \
+        [old.paths[row] for row in kept] + predictions.paths
     meta = {'format': FORMAT, 'count': len(new_paths), 'identity': trained.identity,
             'weights': trained.weights, 'config': trained.config_file,
             'backend': {'kind': backend, **search_settings(backend, len(new_paths))}}

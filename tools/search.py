@@ -32,11 +32,12 @@ def build_parser():
     commands = parser.add_subparsers(dest='command', required=True)
     index = commands.add_parser('index', help='build or update a gallery index')
     index.add_argument('gallery', nargs='+', help='image files and folders of the gallery')
-    index.add_argument('--weights', required=True, help='checkpoint of tools/main.py')
+    inference.add_model_arguments(index)
     index.add_argument('--out', required=True, help='the index folder')
     index.add_argument('--backend', choices=search.BACKENDS, default=None,
-                       help="default: the index's, or faiss-flat when FAISS is installed, "
-                            'else torch')
+                       help="default: the index's; for a new one faiss-ivfpq from "
+                            f'{search.AUTO_IVFPQ_ITEMS:,} images on when FAISS is '
+                            'installed, else torch')
     index.add_argument('--batch-size', type=int, default=64)
     index.add_argument('--workers', type=int, default=0, help='image-reading processes')
     query = commands.add_parser('query', help='rank the gallery for a query image')
@@ -48,15 +49,9 @@ def build_parser():
     query.add_argument('--attr-weight', type=float, default=0.0,
                        help='re-rank: add this times the query\'s median distance times '
                             'the attribute disagreement (0..1)')
-    query.add_argument('--weights', default='', help="default: the index's")
     query.add_argument('--out', default='', help='PNG of the top crops (default: '
                        'search-<query name>.png); the ranking goes beside it as .json')
-    for sub in (index, query):
-        sub.add_argument('--config', default='', help="the run's config (default: "
-                         '<run>/config.yaml for --weights <run>/model/<file>)')
-        sub.add_argument('--trust-checkpoint', action='store_true',
-                         help='allow a checkpoint that needs full unpickling (can run code)')
-        sub.add_argument('--debug', action='store_true', help='show tracebacks of errors')
+    inference.add_model_arguments(query, weights_default="the index's")
     return parser
 
 
@@ -71,12 +66,12 @@ def build_index(args):
 
 def query_index(args):
     index = gallery_index.load_index(args.index)
+    where = parse_where(args.where, index.schema) if args.where else None
     trained = inference.load_trained_alfo(args.weights or index.meta['weights'],
                                           args.config or ('' if args.weights else
                                                           index.meta['config']),
                                           args.trust_checkpoint)
     gallery_index.check_identity(index, trained)
-    where = parse_where(args.where, index.schema) if args.where else None
     query_path = osp.abspath(args.query)
     feature, attributes = inference.predict_image(trained, query_path)
     hits = search.rank_gallery(index, search.open_search(index),
