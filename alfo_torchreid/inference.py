@@ -15,7 +15,7 @@ import logging
 import os
 import os.path as osp
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Tuple
 
 import numpy as np
@@ -67,6 +67,7 @@ class TrainedALFO:
             (:func:`~alfo_torchreid.checkpoints.weights_digest`) and the config
             values that change the outputs.
         weights, config_file: the files it was loaded from (absolute paths).
+        device: where ``network`` runs.
     """
     network: FeaturesAndAttributes
     schema: AttributeSchema
@@ -74,7 +75,7 @@ class TrainedALFO:
     identity: dict
     weights: str
     config_file: str
-    device: torch.device = field(default_factory=lambda: torch.device('cpu'))
+    device: torch.device
 
     def search_features(self, features):
         """``[N, D]`` features as a search compares them: L2-normalised when the
@@ -141,6 +142,20 @@ def load_trained_alfo(weights, config_file='', trust=False, device=None):
     return TrainedALFO(FeaturesAndAttributes(model).to(device), schema,
                        compat.test_transform(d.height, d.width, d.norm_mean, d.norm_std),
                        identity, weights, config_file, device)
+
+
+def add_model_arguments(parser, weights_default=None):
+    """Adds the command-line options of the tools that use a trained ALFO:
+    ``--weights`` (required unless ``weights_default`` describes its
+    default), ``--config``, ``--trust-checkpoint`` and ``--debug``."""
+    parser.add_argument('--weights', required=weights_default is None, default='',
+                        help='checkpoint of tools/main.py' + (
+                            f' (default: {weights_default})' if weights_default else ''))
+    parser.add_argument('--config', default='', help="the run's config (default: "
+                        '<run>/config.yaml for --weights <run>/model/<file>)')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow a checkpoint that needs full unpickling (can run code)')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks of errors')
 
 
 def find_images(inputs):

@@ -19,15 +19,10 @@ from alfo_torchreid.errors import run_command
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--weights', required=True, help='checkpoint of tools/main.py')
-    parser.add_argument('--config', default='', help="the run's config (default: "
-                        '<run>/config.yaml for --weights <run>/model/<file>)')
+    inference.add_model_arguments(parser)
     parser.add_argument('--format', choices=export.FORMATS, default='onnx')
     parser.add_argument('--out', default='', help='default: the weights\' path + '
                         '.onnx or .torchscript.pt')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow a checkpoint that needs full unpickling (can run code)')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks of errors')
     return parser
 
 

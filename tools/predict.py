@@ -24,16 +24,11 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('inputs', nargs='+', help='image files and folders')
-    parser.add_argument('--weights', required=True, help='checkpoint of tools/main.py')
-    parser.add_argument('--config', default='', help="the run's config (default: "
-                        '<run>/config.yaml for --weights <run>/model/<file>)')
+    inference.add_model_arguments(parser)
     parser.add_argument('--out', required=True, help='folder for the outputs')
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--workers', type=int, default=0, help='image-reading processes')
     parser.add_argument('--show', type=int, default=4, help='images in the printed table')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow a checkpoint that needs full unpickling (can run code)')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks of errors')
     return parser
 
 
