@@ -9,13 +9,13 @@ import torch
 from alfo_torchreid import engine as engine_module
 from alfo_torchreid.errors import ConfigError
 from alfo_torchreid.metrics import evaluate_rank
-from alfo_run import toy_config, untrained_engine
+from alfo_run import toy_config, toy_engine
 
 
 @pytest.fixture(scope='module')
-def engine(toy_root, tmp_path_factory):
+def engine(toy_root, alfo_weights, tmp_path_factory):
     """ALFO's engine on the toy data, attr_rerank_weight 0 (tests change it)."""
-    return untrained_engine(toy_config(toy_root, tmp_path_factory.mktemp('rerank')))
+    return toy_engine(toy_config(toy_root, tmp_path_factory.mktemp('rerank')), alfo_weights)
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,5 @@
 """tools/export.py and alfo_torchreid.export: ONNX and TorchScript, checked
 against PyTorch."""
-import importlib.util
 import json
 import sys
 
@@ -11,7 +10,7 @@ import torch
 from alfo_torchreid import export, inference
 from alfo_torchreid.attributes import MARKET_SCHEMA
 from alfo_torchreid.errors import ExportError
-from alfo_run import REPO, checkpoint_model
+from alfo_run import checkpoint_model, load_tool
 
 onnxruntime = pytest.importorskip('onnxruntime', reason='the export extra is not installed')
 
@@ -33,12 +32,13 @@ def reference(alfo_weights):
     return outputs
 
 
+# torch's TorchScript-based ONNX exporter (its dynamo one needs onnxscript) and
+# torch.jit announce their removal
+@pytest.mark.filterwarnings('ignore:The feature will be removed:DeprecationWarning')
+@pytest.mark.filterwarnings('ignore:You are using the legacy TorchScript-based ONNX export')
 def test_onnx_export_matches_pytorch_with_any_batch(alfo_weights, reference, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('tool_export', REPO / 'tools' / 'export.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     out = tmp_path / 'alfo.onnx'
-    assert tool.main(['--weights', str(alfo_weights), '--format', 'onnx', '--out', str(out)]) == 0
+    assert load_tool('export').main(['--weights', str(alfo_weights), '--format', 'onnx', '--out', str(out)]) == 0
     assert f'Exported "{out}"' in capsys.readouterr().out
     session = onnxruntime.InferenceSession(str(out), providers=['CPUExecutionProvider'])
     assert session.get_inputs()[0].shape[0] == 'batch'
@@ -59,6 +59,7 @@ def test_onnx_export_matches_pytorch_with_any_batch(alfo_weights, reference, tmp
     assert max(described['max_abs_diff_vs_pytorch'].values()) <= 1e-4
 
 
+@pytest.mark.filterwarnings('ignore:`torch.jit:FutureWarning')
 def test_torchscript_export_matches_pytorch(trained, reference, tmp_path):
     report = export.export_model(trained, 'torchscript', tmp_path / 'alfo.pt')
     loaded = torch.jit.load(report.path)

@@ -1,5 +1,4 @@
 """The gallery index, search by appearance and attributes, and tools/search.py."""
-import importlib.util
 import json
 import os
 import shutil
@@ -15,20 +14,13 @@ from alfo_torchreid.attribute_match import attribute_disagreement, parse_where, 
 from alfo_torchreid.attributes import MARKET_SCHEMA
 from alfo_torchreid.checkpoints import load_checkpoint
 from alfo_torchreid.errors import SearchError
-from alfo_run import REPO, gallery_dir
+from alfo_run import gallery_dir, load_tool
 
 try:
     import faiss  # noqa: F401
     needs_faiss = pytest.mark.skipif(False, reason='')
 except ImportError:
     needs_faiss = pytest.mark.skip(reason='the faiss extra (faiss-cpu) is not installed')
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_search(capsys, *args):
@@ -146,7 +138,9 @@ def test_other_weights_are_refused(index, alfo_weights, toy_root, tmp_path, caps
 
 def test_update_extracts_only_new_and_changed_images(trained, toy_root, tmp_path, monkeypatch):
     gallery = tmp_path / 'gallery'
-    shutil.copytree(gallery_dir(toy_root), gallery)
+    gallery.mkdir()
+    for image in sorted(gallery_dir(toy_root).glob('*.jpg'))[:6]:
+        shutil.copy(image, gallery)
     first, _ = gallery_index.build_index(tmp_path / 'index', trained, [gallery], 'torch')
     images = sorted(gallery.glob('*.jpg'))
     removed, changed = images[0], images[1]
@@ -273,10 +267,13 @@ def test_ivfpq_with_exact_rescoring_finds_the_nearest(one_faiss_thread):
     assert np.mean(recall) >= 0.9, recall
 
 
-def test_settings_name_the_faiss_extra_and_the_ivfpq_minimum(monkeypatch):
+@needs_faiss
+def test_backend_choice_names_the_faiss_extra_and_the_ivfpq_minimum(monkeypatch):
+    assert search.default_backend(search.AUTO_IVFPQ_ITEMS - 1) == 'torch'
+    assert search.default_backend(search.AUTO_IVFPQ_ITEMS) == 'faiss-ivfpq'
     with pytest.raises(SearchError, match='faiss-ivfpq is for large galleries'):
         search.search_settings('faiss-ivfpq', 500)
     monkeypatch.setitem(sys.modules, 'faiss', None)  # as if not installed
     with pytest.raises(SearchError, match=r'pip install alfo-torchreid\[faiss\]'):
         search.search_settings('faiss-flat', 500)
-    assert search.default_backend() == 'torch'
+    assert search.default_backend(10 ** 6) == 'torch'
