@@ -3,8 +3,8 @@
 The content goes into a fresh hidden file beside the destination (the same
 folder, so that the rename is atomic), is flushed to the disk, and only then
 renamed over the destination; the folder is fsynced so that the rename itself
-survives a crash. If anything fails before the rename, the temporary file is
-removed and the destination is left as it was.
+survives a crash. If anything fails before the rename, the temporary file (and
+any folder made for it) is removed and the destination is left as it was.
 """
 import contextlib
 import os
@@ -37,8 +37,13 @@ class PartialFile:
         self.dest = os.path.abspath(dest)
         folder, name = os.path.split(self.dest)
         self.path = os.path.join(folder, f'.{name}.{secrets.token_hex(6)}.part')
+        self._made = _missing_folders(folder)
         os.makedirs(folder, exist_ok=True)
-        self.file = open(self.path, 'xb')
+        try:
+            self.file = open(self.path, 'xb')
+        except OSError:
+            self._remove_made_folders()
+            raise
 
     def sync(self):
         """Flushes what was written to the disk, so that the renamed file is
@@ -61,6 +66,28 @@ class PartialFile:
         finally:
             if os.path.exists(self.path):  # not replaced: an error
                 os.remove(self.path)
+                self._remove_made_folders()
+
+    def _remove_made_folders(self):
+        """Removes the folders this file's creation made, deepest first, as
+        long as they are empty: a failed write leaves the tree as it was."""
+        for folder in reversed(self._made):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return
+
+
+def _missing_folders(folder):
+    """The ancestors of ``folder`` (itself included) that do not exist yet, top first."""
+    missing = []
+    while folder and not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing[::-1]
 
 
 @contextlib.contextmanager
@@ -71,6 +98,12 @@ def replacing(dest):
         yield partial.file
         partial.sync()
         partial.replace()
+
+
+def write_file(dest, data):
+    """Writes ``data`` (bytes) to ``dest`` through a :class:`PartialFile`."""
+    with replacing(dest) as f:
+        f.write(data)
 
 
 def fsync_folder(folder):

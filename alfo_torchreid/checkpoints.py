@@ -28,7 +28,6 @@ import hashlib
 import os
 import pickle
 import random
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -78,6 +77,8 @@ def save_training_state(state, fpath):
     Raises:
         TrainingError: a tensor is NaN or infinite; nothing is written, so the
             previous checkpoint at ``fpath`` stays.
+        CheckpointError: the file could not be written (a full disk, say); the
+            previous checkpoint at ``fpath`` stays.
     """
     bad = non_finite_tensors(state['state_dict'])
     if bad:
@@ -86,7 +87,12 @@ def save_training_state(state, fpath):
             f'became NaN or infinite at epoch {state["epoch"]}: training stopped without '
             f'writing "{fpath}", so the last checkpoint on disk is still a good one (lower '
             'train.lr, then resume with train.resume True)')
-    atomic_save(state, fpath)
+    try:
+        atomic_save(state, fpath)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer raises RuntimeError
+        raise CheckpointError(
+            f'could not write checkpoint "{fpath}" ({" ".join(str(exc).split())}); the '
+            'previous file of that name, if any, is intact') from None
 
 
 # -- loading ----------------------------------------------------------------
@@ -139,7 +145,7 @@ def load_checkpoint(fpath, trust=False, map_location='cpu'):
                 'can run arbitrary code. If you trust its source, load it with '
                 'trust_checkpoint=True (config: model.trust_checkpoint True)') from None
         detail = exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch's safe unpickler fails on garbage in many ways
         raise CheckpointError(
             f'checkpoint "{fpath}" is not a readable torch checkpoint ({exc}); '
             'the file may be truncated or of another format') from None

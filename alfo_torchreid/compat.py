@@ -22,6 +22,7 @@ Market1501 = torchreid.data.datasets.Market1501
 DukeMTMCreID = torchreid.data.datasets.DukeMTMCreID
 ImageDataset = torchreid.data.ImageDataset
 ImageSoftmaxEngine = torchreid.engine.ImageSoftmaxEngine
+ImageTripletEngine = torchreid.engine.ImageTripletEngine
 ResNet = torchreid.models.resnet.ResNet
 Bottleneck = torchreid.models.resnet.Bottleneck
 resnet_model_urls = torchreid.models.resnet.model_urls
@@ -44,7 +45,7 @@ def read_image(path):
             return img.convert('RGB')
     except FileNotFoundError:
         raise ImageReadError(f'image "{path}" does not exist') from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(
             f'image "{path}" cannot be read ({exc}); expected a complete JPEG or PNG file'
         ) from None

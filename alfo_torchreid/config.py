@@ -6,19 +6,32 @@ rebuilds that tree (same keys and defaults, image re-ID only) and
 :func:`add_alfo_config` adds what ALFO needs. The ``*_kwargs`` functions turn
 a config into constructor arguments, as in torchreid's scripts.
 """
+import contextlib
 import inspect
 import os
+import re
 
 import torch
 import torchreid
+import yaml
 from yacs.config import CfgNode as CN
 
+from alfo_torchreid import compat
 from alfo_torchreid.errors import ConfigError
+from alfo_torchreid.losses import ATTR_REDUCTIONS, VOTE_MODES
 
-VOTE_MODES = ('majority', 'min', 'mean')
 ATTR_PRED_MODES = ('voted', 'mean')
 FEATURE_MODES = ('global', 'local', 'global+local')
 EVALUATORS = ('alfo', 'torchreid')
+LOSSES = ('softmax', 'triplet')
+# torchreid's own lists (optim.AVAI_OPTIMS, AVAI_SCH, data.sampler.AVAI_SAMPLERS,
+# the names build_transforms knows), repeated here so that a bad value is
+# refused before any data is read.
+OPTIMIZERS = ('adam', 'amsgrad', 'sgd', 'rmsprop', 'radam')
+SCHEDULERS = ('single_step', 'multi_step', 'cosine')
+SAMPLERS = ('RandomSampler', 'SequentialSampler', 'RandomIdentitySampler', 'RandomDomainSampler',
+            'RandomDatasetSampler')
+TRANSFORMS = ('random_flip', 'random_crop', 'random_patch', 'color_jitter', 'random_erase')
 
 
 def get_default_config():
@@ -75,9 +88,13 @@ def get_default_config():
     cfg.train.start_epoch = 0
     cfg.train.batch_size = 32
     cfg.train.fixbase_epoch = 0
-    cfg.train.open_layers = ['classifier']
+    # Layers trained alone for fixbase_epoch epochs, and those at the full lr with
+    # staged_lr (the rest at base_lr_mult x lr). Empty: the model's new layers,
+    # those not pretrained: torchreid models' classifier; ALFO's identity
+    # classifier and stripe attribute heads (alfo_torchreid.run.new_layers).
+    cfg.train.open_layers = []
     cfg.train.staged_lr = False
-    cfg.train.new_layers = ['classifier']
+    cfg.train.new_layers = []
     cfg.train.base_lr_mult = 0.1
     cfg.train.lr_scheduler = 'single_step'
     cfg.train.stepsize = [20]
@@ -86,6 +103,10 @@ def get_default_config():
     cfg.train.seed = 1
     cfg.train.resume = False  # resume from <save_dir>/model/latest.pth.tar when it exists
     cfg.train.deterministic = False  # torch.use_deterministic_algorithms, for exact resume
+    # model/latest.pth.tar always holds the optimizer (what a run resumes from); the
+    # numbered snapshots model.pth.tar-N hold the weights alone unless this is True
+    # (ResNet-50: ~96 MB instead of ~288 MB with Adam's state).
+    cfg.train.save_optimizer_in_snapshots = False
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9
@@ -101,6 +122,13 @@ def get_default_config():
     cfg.loss.name = 'softmax'
     cfg.loss.softmax = CN()
     cfg.loss.softmax.label_smooth = True
+    cfg.loss.triplet = CN()
+    cfg.loss.triplet.margin = 0.3  # distance margin of the hard triplet loss
+    cfg.loss.triplet.weight_t = 1.  # weight of the triplet loss
+    # weight of the identity (softmax) loss beside it. torchreid's default is 0,
+    # the triplet loss alone; 1 is the usual softmax + triplet recipe, and for
+    # ALFO the identity loss is part of the method (it multiplies alfo.id_weight).
+    cfg.loss.triplet.weight_x = 1.
 
     cfg.test = CN()
     cfg.test.batch_size = 100
@@ -125,7 +153,7 @@ def add_alfo_config(cfg):
     cfg.alfo = CN()
     cfg.alfo.last_stride = 1  # 1 as in PCB: a 16x8 map for 256x128 input
     cfg.alfo.num_parts = 6  # the paper found 6 stripes best
-    cfg.alfo.stripe_height = 0  # 0: derived from the map height (METHOD.md)
+    cfg.alfo.stripe_height = 0  # 0: derived from the map height (docs/method.md)
     cfg.alfo.stripe_stride = 0  # 0: derived from the map height
     cfg.alfo.global_branch = True
     cfg.alfo.local_branch = True
@@ -135,8 +163,13 @@ def add_alfo_config(cfg):
     cfg.alfo.focal = True  # False: plain cross entropy (the "no focal loss" ablation)
     cfg.alfo.focal_alpha = 0.5
     cfg.alfo.focal_gamma = 2.0
-    cfg.alfo.id_weight = 1.0  # lambda of L_ID
-    cfg.alfo.attr_weight = 1.0  # weight of the mean voted attribute loss
+    # L = id_weight * L_ID + attr_weight * sum over attributes of the voted losses:
+    # the paper's total loss is "the ID loss plus the voted attribute losses" (end
+    # of its section 2.1, docs/method.md "Loss"). attr_reduction 'mean' divides the
+    # sum by the number of attributes, APR's weighting (1/m of the paper's term).
+    cfg.alfo.id_weight = 1.0
+    cfg.alfo.attr_weight = 1.0
+    cfg.alfo.attr_reduction = 'sum'
     # Annotation files other than <root>/<dataset_dir>/*_attribute.mat ('' = default).
     cfg.alfo.attr_file = CN()
     cfg.alfo.attr_file.market1501_attr = ''
@@ -157,38 +190,95 @@ def load_config(config_file='', opts=()):
     """Builds the config: defaults, then ``config_file``, then ``KEY VALUE`` overrides.
 
     Raises:
-        ConfigError: an unknown key, a value of the wrong type, or a value out of range.
+        ConfigError: a file that cannot be read as a config, an unknown key, a
+            value of the wrong type, or a value outside :data:`SCHEMA`; the
+            message names the file or the command line.
     """
     cfg = get_config()
-    try:
-        if config_file:
-            merge_config_file(cfg, config_file)
-        cfg.merge_from_list(_floats_as_floats(cfg, list(opts)))
-    except FileNotFoundError:
-        raise ConfigError(f'config file "{config_file}" does not exist') from None
-    except (KeyError, ValueError, AssertionError, TypeError) as exc:
-        message = exc.args[0] if exc.args else repr(exc)
-        # yacs says "Non-existent config key: a.b" for unknown keys
-        message = str(message).replace('Non-existent config key', 'unknown config key')
-        message = message.replace('Non-existent key', 'unknown config key')
-        raise ConfigError(f'{message} (in "{config_file or "command line"}")') from None
+    if config_file:
+        merge_config_file(cfg, str(config_file))
+    opts = [str(o) for o in opts]
+    flags = [o for o in opts[::2] if o.startswith('-')]
+    if flags:
+        raise ConfigError(
+            f'"{flags[0]}" on the command line comes after the KEY VALUE overrides; flags go '
+            f'first: tools/main.py --config-file FILE [--root R] [-s ...] [-t ...] '
+            f'[--transforms ...] [KEY VALUE ...]')
+    with _as_config_error('the command line'):
+        cfg.merge_from_list(_floats_as_floats(cfg, opts))
     check_config(cfg)
     return cfg
+
+
+@contextlib.contextmanager
+def _as_config_error(where):
+    """Turns yacs' and YAML's errors into a ConfigError naming ``where``."""
+    try:
+        yield
+    except (KeyError, ValueError, AssertionError, TypeError, AttributeError,
+            yaml.YAMLError) as exc:
+        raise ConfigError(f'{_plain(str(exc.args[0] if exc.args else exc))} (in {where})') from None
+
+
+# yacs' "Type mismatch (<class 'int'> vs. <class 'str'>) with values (6 vs. abc)
+# for config key: alfo.num_parts"
+_TYPE_MISMATCH = re.compile(r"Type mismatch \(<class '(\w+)'> vs\. <class '\w+'>\) with values "
+                            r"\((.*) vs\. (.*)\) for config key: (\S+)", re.S)
+
+
+_TYPE_NAMES = {'int': 'an integer', 'float': 'a number', 'bool': 'True or False',
+               'str': 'a string', 'list': 'a list', 'tuple': 'a list'}
+
+
+def _plain(message):
+    """yacs' wording of an error, as a user of the command line reads it."""
+    message = ' '.join(message.split())
+    match = _TYPE_MISMATCH.search(message)
+    if match:
+        kind, default, value, key = match.groups()
+        kind = _TYPE_NAMES.get(kind, f'a {kind}')
+        return f'{key} must be {kind} like its default {default}, got {value!r}'
+    # yacs says "Non-existent config key: a.b" for unknown keys
+    return message.replace('Non-existent config key', 'unknown config key').replace(
+        'Non-existent key', 'unknown config key')
 
 
 BASE_KEY = '_BASE_'
 
 
-def merge_config_file(cfg, config_file):
+def merge_config_file(cfg, config_file, _chain=()):
     """Merges a yaml file into ``cfg``. A file may name another under
     ``_BASE_`` (relative to itself), merged first: the ablation configs state
-    only what they change."""
-    with open(config_file) as f:
-        other = CN.load_cfg(f)
+    only what they change.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not a YAML mapping, holds
+            an unknown key or a value of the wrong type, or includes itself.
+    """
+    path = os.path.abspath(config_file)
+    if path in _chain:
+        raise ConfigError(f'config file "{config_file}" includes itself through {BASE_KEY} '
+                          f'({" -> ".join(_chain + (path,))})')
+    where = f'"{config_file}"'
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f'config file "{config_file}" does not exist') from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f'config file "{config_file}" cannot be read ({exc})') from None
+    with _as_config_error(where):
+        content = yaml.safe_load(text)
+    if not isinstance(content, dict):
+        raise ConfigError(f'config file "{config_file}" is not a YAML mapping of config keys '
+                          f'(it holds {type(content).__name__})')
+    with _as_config_error(where):
+        other = CN(content)
     base = other.pop(BASE_KEY, None)
     if base:
-        merge_config_file(cfg, os.path.join(os.path.dirname(os.path.abspath(config_file)), base))
-    cfg.merge_from_other_cfg(_pretrained_as_str(other))
+        merge_config_file(cfg, os.path.join(os.path.dirname(path), str(base)), _chain + (path,))
+    with _as_config_error(where):
+        cfg.merge_from_other_cfg(_pretrained_as_str(other))
 
 
 def _pretrained_as_str(other):
@@ -204,7 +294,8 @@ def _floats_as_floats(cfg, opts):
     """``KEY VALUE`` pairs with integer literals given to float keys written
     as floats, since yacs refuses ``alfo.focal_gamma 0`` for a float default."""
     if len(opts) % 2:
-        raise ConfigError(f'overrides must come in KEY VALUE pairs, got {opts}')
+        raise ConfigError(f'the override "{opts[-1]}" has no value: overrides come in KEY VALUE '
+                          'pairs')
     out = list(opts)
     for i in range(0, len(opts), 2):
         node, *path = cfg, *opts[i].split('.')
@@ -218,42 +309,136 @@ def _floats_as_floats(cfg, opts):
     return out
 
 
+# -- the declared schema of allowed values -----------------------------------
+
+def one_of(*allowed):
+    return lambda v: v in allowed, f'one of {list(allowed)}'
+
+
+def at_least(low):
+    return lambda v: v >= low, f'>= {low}'
+
+
+def above(low):
+    return lambda v: v > low, f'> {low}'
+
+
+def between(low, high):
+    return lambda v: low <= v <= high, f'in [{low}, {high}]'
+
+
+def all_items(check):
+    test, expected = check
+    return lambda v: all(test(x) for x in v), f'a list of values {expected}'
+
+
+# key -> (test, what is expected); every key whose value is constrained is here.
+SCHEMA = {
+    'data.type': one_of('image'),
+    'data.workers': at_least(0),
+    'data.height': at_least(16),
+    'data.width': at_least(16),
+    'data.k_tfm': at_least(1),
+    'data.split_id': at_least(0),
+    'data.transforms': all_items(one_of(*TRANSFORMS)),
+    'sampler.train_sampler': one_of(*SAMPLERS),
+    'sampler.train_sampler_t': one_of(*SAMPLERS),
+    'sampler.num_instances': at_least(1),
+    'sampler.num_cams': at_least(1),
+    'sampler.num_datasets': at_least(1),
+    'train.optim': one_of(*OPTIMIZERS),
+    'train.lr': above(0),
+    'train.weight_decay': at_least(0),
+    'train.max_epoch': at_least(1),
+    'train.start_epoch': at_least(0),
+    'train.batch_size': at_least(1),
+    'train.fixbase_epoch': at_least(0),
+    'train.base_lr_mult': above(0),
+    'train.lr_scheduler': one_of(*SCHEDULERS),
+    'train.stepsize': all_items(at_least(1)),
+    'train.gamma': above(0),
+    'train.print_freq': at_least(1),
+    'sgd.momentum': between(0, 1),
+    'sgd.dampening': between(0, 1),
+    'rmsprop.alpha': between(0, 1),
+    'adam.beta1': between(0, 1),
+    'adam.beta2': between(0, 1),
+    'loss.name': one_of(*LOSSES),
+    'loss.triplet.margin': at_least(0),
+    'loss.triplet.weight_t': at_least(0),
+    'loss.triplet.weight_x': at_least(0),
+    'test.batch_size': at_least(1),
+    'test.dist_metric': one_of('euclidean', 'cosine'),
+    'test.ranks': all_items(between(1, 50)),
+    'test.eval_freq': at_least(-1),
+    'test.start_eval': at_least(0),
+    'test.visrank_topk': at_least(1),
+    'test.evaluator': one_of(*EVALUATORS),
+    'test.attr_rerank_weight': at_least(0),
+    'alfo.last_stride': one_of(1, 2),
+    'alfo.num_parts': at_least(1),
+    'alfo.stripe_height': at_least(0),
+    'alfo.stripe_stride': at_least(0),
+    'alfo.vote': one_of(*VOTE_MODES),
+    'alfo.attr_pred': one_of(*ATTR_PRED_MODES),
+    'alfo.feature': one_of(*FEATURE_MODES),
+    'alfo.focal_alpha': between(0, 1),
+    'alfo.focal_gamma': at_least(0),
+    'alfo.id_weight': at_least(0),
+    'alfo.attr_weight': at_least(0),
+    'alfo.attr_reduction': one_of(*ATTR_REDUCTIONS),
+}
+
+
+def lookup(cfg, key):
+    """The value of a dotted ``key`` of ``cfg``."""
+    node = cfg
+    for part in key.split('.'):
+        node = node[part]
+    return node
+
+
 def check_config(cfg):
-    """Rejects values out of range, naming the key and what was expected."""
+    """Rejects values outside :data:`SCHEMA` and combinations that cannot
+    work, naming the key and what was expected.
+
+    Raises:
+        ConfigError.
+    """
+    for key, (test, expected) in SCHEMA.items():
+        value = lookup(cfg, key)
+        if not test(value):
+            raise ConfigError(f'{key} must be {expected}, got {value!r}')
+    models = compat.model_factory()
+    if cfg.model.name not in models:
+        raise ConfigError(f'model.name {cfg.model.name!r} is not a torchreid or ALFO model; '
+                          f'known: {sorted(models)}')
     a = cfg.alfo
-    _choice('alfo.vote', a.vote, VOTE_MODES)
-    _choice('alfo.attr_pred', a.attr_pred, ATTR_PRED_MODES)
-    _choice('alfo.feature', a.feature, FEATURE_MODES)
-    _choice('test.evaluator', cfg.test.evaluator, EVALUATORS)
-    _choice('alfo.last_stride', a.last_stride, (1, 2))
-    if a.num_parts < 1:
-        raise ConfigError(f'alfo.num_parts must be >= 1, got {a.num_parts}')
-    if not 0.0 <= a.focal_alpha <= 1.0:
-        raise ConfigError(f'alfo.focal_alpha must be in [0, 1], got {a.focal_alpha}')
-    if a.focal_gamma < 0:
-        raise ConfigError(f'alfo.focal_gamma must be >= 0, got {a.focal_gamma}')
-    for key in ('id_weight', 'attr_weight'):
-        if a[key] < 0:
-            raise ConfigError(f'alfo.{key} must be >= 0, got {a[key]}')
     if not (a.global_branch or a.local_branch):
         raise ConfigError('alfo.global_branch and alfo.local_branch are both False: '
                           'at least one branch must be on')
-    for key in ('max_epoch', 'batch_size'):
-        if cfg.train[key] < 1:
-            raise ConfigError(f'train.{key} must be >= 1, got {cfg.train[key]}')
-    if cfg.train.lr <= 0:
-        raise ConfigError(f'train.lr must be > 0, got {cfg.train.lr}')
+    if cfg.loss.name == 'triplet' and cfg.loss.triplet.weight_t + cfg.loss.triplet.weight_x == 0:
+        raise ConfigError('loss.triplet.weight_t and loss.triplet.weight_x are both 0: '
+                          'nothing to train')
+    if cfg.loss.name == 'triplet' and not cfg.test.evaluate and \
+            cfg.sampler.train_sampler != 'RandomIdentitySampler':
+        raise ConfigError(
+            f'loss.name triplet needs identities with several images in every batch: set '
+            f'sampler.train_sampler RandomIdentitySampler (got {cfg.sampler.train_sampler!r}; '
+            f'sampler.num_instances images per identity)')
+    if cfg.test.visrank and not cfg.test.evaluate:
+        raise ConfigError('test.visrank True needs test.evaluate True: ranked lists are drawn '
+                          'when evaluating trained weights (model.load_weights), as in torchreid')
+    if cfg.sampler.train_sampler == 'RandomIdentitySampler' and \
+            cfg.train.batch_size % cfg.sampler.num_instances:
+        raise ConfigError(
+            f'train.batch_size {cfg.train.batch_size} is not a multiple of '
+            f'sampler.num_instances {cfg.sampler.num_instances} (RandomIdentitySampler takes '
+            f'that many images of each identity)')
     rerank = cfg.test.attr_rerank_weight
-    if rerank < 0:
-        raise ConfigError(f'test.attr_rerank_weight must be >= 0, got {rerank}')
     if rerank and not (cfg.model.name.startswith('alfo') and a.local_branch):
         raise ConfigError(f'test.attr_rerank_weight {rerank} needs predicted attributes: '
                           'model.name alfo or alfo_duke with alfo.local_branch True')
-
-
-def _choice(key, value, allowed):
-    if value not in allowed:
-        raise ConfigError(f'{key} must be one of {list(allowed)}, got {value!r}')
 
 
 def imagedata_kwargs(cfg):
@@ -333,7 +518,6 @@ def engine_run_kwargs(cfg):
         'open_layers': cfg.train.open_layers,
         'start_eval': cfg.test.start_eval,
         'eval_freq': cfg.test.eval_freq,
-        'test_only': cfg.test.evaluate,
         'print_freq': cfg.train.print_freq,
         'dist_metric': cfg.test.dist_metric,
         'normalize_feature': cfg.test.normalize_feature,
@@ -361,14 +545,21 @@ def alfo_model_kwargs(cfg):
 
 
 def alfo_loss_kwargs(cfg):
-    """Keyword arguments of the ALFO loss (focal, vote and weights)."""
+    """Keyword arguments of the ALFO loss (focal, vote, weights, and with
+    ``loss.name triplet`` the triplet term: docs/method.md, "Loss")."""
     a = cfg.alfo
-    return {
+    kwargs = {
         'vote_mode': a.vote,
         'focal': a.focal,
         'alpha': a.focal_alpha,
         'gamma': a.focal_gamma,
         'id_weight': a.id_weight,
         'attr_weight': a.attr_weight,
+        'attr_reduction': a.attr_reduction,
         'label_smooth': cfg.loss.softmax.label_smooth,
     }
+    if cfg.loss.name == 'triplet':
+        kwargs.update(id_weight=a.id_weight * cfg.loss.triplet.weight_x,
+                      triplet_weight=cfg.loss.triplet.weight_t,
+                      margin=cfg.loss.triplet.margin)
+    return kwargs

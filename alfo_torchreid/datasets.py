@@ -45,14 +45,14 @@ import torchreid
 from alfo_torchreid import compat
 from alfo_torchreid.attributes import UNKNOWN, convert_labels, load_attribute_file
 from alfo_torchreid.download import download
-from alfo_torchreid.errors import AlfoError, AttributeFileError, ConfigError, DatasetError
+from alfo_torchreid.errors import AttributeFileError, ConfigError, DatasetError, run_command
 
 logger = logging.getLogger(__name__)
 
 # torchreid's file-name pattern (Market1501/DukeMTMCreID.process_dir), which it
 # searches in the whole path: "<person id>_c<camera>".
 IMAGE_NAME_PATTERN = re.compile(r'([-\d]+)_c(\d)')
-# Query/gallery ids without attributes (METHOD.md): Market's distractor (0) and
+# Query/gallery ids without attributes (docs/method.md, "Decisions"): Market's distractor (0) and
 # junk (-1) detections.
 JUNK_PIDS = (0, -1)
 
@@ -350,13 +350,8 @@ def main(argv=None):
     parser.add_argument('--name', required=True, choices=sorted(DATASETS))
     parser.add_argument('--attr-path', default=None, help='annotation file (default: in root)')
     args = parser.parse_args(argv)
-    try:
-        dataset = DATASETS[args.name](root=args.root, attr_path=args.attr_path)
-    except AlfoError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
-    print(summary(dataset))
-    return 0
+    return run_command(lambda: print(summary(DATASETS[args.name](root=args.root,
+                                                                 attr_path=args.attr_path))))
 
 
 if __name__ == '__main__':

@@ -1,49 +1,81 @@
-"""Engines: torchreid's ``ImageSoftmaxEngine`` with what long runs need, and ALFO's.
+"""Engines: torchreid's image engines with what long runs need, and ALFO's.
 
-:class:`BaselineEngine` trains any torchreid softmax model (the PCB and
-ResNet-50 baselines) exactly as torchreid's ``ImageSoftmaxEngine`` does, and
-adds: atomic checkpoints with RNG state after every epoch (exact resume), a
-per-epoch history, the fast rank evaluator, and the test results kept for
-``tools/main.py`` to save.
+:class:`BaselineEngine` and :class:`BaselineTripletEngine` train any torchreid
+model (the PCB and ResNet-50 baselines) exactly as torchreid's
+``ImageSoftmaxEngine`` / ``ImageTripletEngine`` do. What they add is
+:class:`ResumableEngineMixin`: checkpoints with RNG state written atomically
+after every epoch (exact resume), never with non-finite weights; a per-epoch
+history; a progress bar while features are extracted; the fast rank evaluator;
+and the test results kept for ``tools/main.py`` to save.
 
 :class:`ImageFocalVoteEngine` is ALFO's: its ``forward_backward`` adds the
-voted focal attribute loss to the identity loss, and its ``test`` adds the
-attribute metrics to torchreid's re-ID evaluation. ``run()`` is torchreid's.
+voted focal attribute loss (and, with ``loss.name triplet``, torchreid's hard
+triplet loss on the retrieval feature) to the identity loss, and its
+evaluation adds the attribute metrics of each target's gallery. ``run()`` and
+``test()`` are torchreid's.
 """
-import contextlib
 import json
 import os
 import os.path as osp
+import sys
 import time
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchreid
+from tqdm import tqdm
 
 from alfo_torchreid import checkpoints, compat
 from alfo_torchreid.attribute_match import attribute_disagreement, attribute_reranked
 from alfo_torchreid.errors import ConfigError, TrainingError
 from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
 from alfo_torchreid.metrics import attribute_metrics, evaluate_rank, format_attribute_table
+from alfo_torchreid.run_folder import HISTORY
 
-HISTORY = 'history.jsonl'
+def unwrap(model):
+    """The model inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper
+    (the model itself otherwise): where ALFO's own methods and attributes live."""
+    return getattr(model, 'module', model)
 
 
-class BaselineEngine(compat.ImageSoftmaxEngine):
-    """torchreid's softmax engine with resumable, crash-safe runs.
+class Extracted(NamedTuple):
+    """What feature extraction gives for one split (query or gallery).
 
-    Args (beyond ``ImageSoftmaxEngine``'s):
-        evaluator: ``'alfo'`` (vectorised, same numbers) or ``'torchreid'``.
+    features: ``[N, D]`` retrieval features (CPU). pids, camids: ``[N]`` int
+    arrays. attributes: list of ``m`` tensors ``[N, c_j]`` of attribute class
+    probabilities (ALFO with its local branch), else None.
+    """
+    features: torch.Tensor
+    pids: np.ndarray
+    camids: np.ndarray
+    attributes: Optional[list] = None
+
+
+class ResumableEngineMixin:
+    """Crash-safe runs for a torchreid engine (put it before the engine class).
+
+    Args (keyword, beyond the engine's own):
+        evaluator: ``'alfo'`` (vectorised, torchreid's numbers) or ``'torchreid'``.
+        snapshot_optimizer: whether the numbered snapshots ``model.pth.tar-N``
+            also hold the optimizer and scheduler states. ``latest.pth.tar``
+            always does (it is what a run resumes from); the snapshots are
+            weights for evaluation and fine-tuning, 1/3 of the size without them.
     """
 
-    def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
-                 label_smooth=True, evaluator='alfo'):
-        super().__init__(datamanager, model, optimizer, scheduler=scheduler,
-                         use_gpu=use_gpu, label_smooth=label_smooth)
+    def __init__(self, *args, evaluator='alfo', snapshot_optimizer=False, **kwargs):
+        super().__init__(*args, **kwargs)
         self.evaluator = evaluator
+        self.snapshot_optimizer = snapshot_optimizer
         self.save_dir = 'log'
         self.results = {}  # target name -> {'rank1', 'mAP', 'cmc', ...} of the last test
         self._epoch_sums = {}
+
+    @property
+    def network(self):
+        """The model being trained, unwrapped from (Distributed)DataParallel."""
+        return unwrap(self.model)
 
     def run(self, save_dir='log', **kwargs):
         """torchreid's ``Engine.run``; remembers ``save_dir`` for the per-epoch checkpoint."""
@@ -59,12 +91,12 @@ class BaselineEngine(compat.ImageSoftmaxEngine):
         record = {'epoch': self.epoch + 1, 'lr': self.get_current_lr(),
                   'epoch_time': time.time() - start}
         record.update({k: v / self.num_batches for k, v in self._epoch_sums.items()})
-        self._append_history(record)
         self.save_model(self.epoch, rank1=None, save_dir=self.save_dir, latest=True)
+        self._append_history(record)
 
     def forward_backward(self, data):
         summary = super().forward_backward(data)
-        self._check_finite({'loss': summary['loss']})
+        self._check_finite(summary)
         return self._accumulate(summary)
 
     def _accumulate(self, summary):
@@ -83,102 +115,182 @@ class BaselineEngine(compat.ImageSoftmaxEngine):
                     f'"{self.save_dir}" is kept (lower train.lr, or check the data)')
 
     def _append_history(self, record):
+        """Appends one JSON line with a single write, flushed and fsynced, so a
+        crash leaves at most a torn last line (which a resumed run drops)."""
         os.makedirs(self.save_dir, exist_ok=True)
         with open(osp.join(self.save_dir, HISTORY), 'a') as f:
             f.write(json.dumps(record) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
 
     # -- checkpoints ------------------------------------------------------
     def save_model(self, epoch, rank1, save_dir, is_best=False, latest=False):
         """Writes ``<save_dir>/model/model.pth.tar-<epoch+1>`` (or, with
         ``latest``, the per-epoch ``latest.pth.tar``) atomically, with
-        torchreid's keys plus RNG state and the model's signature."""
+        torchreid's keys plus the model's signature; ``latest`` (and the
+        snapshots with ``snapshot_optimizer``) also hold the optimizer,
+        scheduler and RNG states. Non-finite weights are never written."""
         state = {
-            'state_dict': self.model.state_dict(),
+            'state_dict': self.network.state_dict(),
             'epoch': epoch + 1,
             'rank1': None if rank1 is None else float(rank1),
-            'optimizer': self.optimizer.state_dict(),
-            'scheduler': None if self.scheduler is None else self.scheduler.state_dict(),
-            'rng': checkpoints.rng_state(),
             'signature': checkpoints.model_signature(self.datamanager.num_train_pids,
-                                                     getattr(self.model, 'schema', None)),
+                                                     getattr(self.network, 'schema', None)),
         }
+        if latest or self.snapshot_optimizer:
+            state.update({
+                'optimizer': self.optimizer.state_dict(),
+                'scheduler': None if self.scheduler is None else self.scheduler.state_dict(),
+                'rng': checkpoints.rng_state(),
+            })
         name = checkpoints.LATEST if latest else f'model.pth.tar-{epoch + 1}'
         fpath = osp.join(save_dir, 'model', name)
         checkpoints.save_training_state(state, fpath)
         if is_best:
-            checkpoints.save_training_state(state, osp.join(save_dir, 'model', 'model-best.pth.tar'))
+            checkpoints.save_training_state(state, osp.join(save_dir, 'model',
+                                                            'model-best.pth.tar'))
         return fpath
 
     # -- evaluation -------------------------------------------------------
-    def test(self, **kwargs):
-        """torchreid's re-ID test, with our evaluator and its numbers kept in ``results``."""
-        targets = list(self.test_loader.keys())
-        with self._recording_evaluator() as records:
-            rank1 = super().test(**kwargs)
-        for name, (cmc, mAP) in zip(targets, records):
-            self.results[name] = {'rank1': float(cmc[0]), 'mAP': float(mAP),
-                                  'cmc': [float(c) for c in cmc], 'epoch': self.epoch + 1}
-        return rank1
+    @torch.no_grad()
+    def _evaluate(self, dataset_name='', query_loader=None, gallery_loader=None,
+                  dist_metric='euclidean', normalize_feature=False, visrank=False,
+                  visrank_topk=10, save_dir='', use_metric_cuhk03=False,
+                  ranks=(1, 5, 10, 20), rerank=False):
+        """torchreid's ``Engine._evaluate``, step for step (features, distances,
+        optional re-ranking, CMC and mAP, optional ranked lists), with a progress
+        bar during extraction, the configured evaluator, and the results kept in
+        :attr:`results` (plus what :meth:`_after_ranking` adds).
 
-    @contextlib.contextmanager
-    def _recording_evaluator(self):
-        """Routes torchreid's ``metrics.evaluate_rank`` (called inside
-        ``Engine._evaluate``) to the configured evaluator and records its output."""
-        original = torchreid.metrics.evaluate_rank
-        records = []
+        Returns:
+            (Rank-1, mAP) as fractions, as torchreid's.
+        """
+        query = self.extract(query_loader, f'{dataset_name} query')
+        gallery = self.extract(gallery_loader, f'{dataset_name} gallery')
+        qf, gf = query.features, gallery.features
+        if normalize_feature:
+            qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+        print(f'Computing distance matrix with metric={dist_metric} ...')
+        distmat = torchreid.metrics.compute_distance_matrix(qf, gf, dist_metric).numpy()
+        if rerank:
+            print('Applying person re-ranking ...')
+            distmat = torchreid.utils.re_ranking(
+                distmat, torchreid.metrics.compute_distance_matrix(qf, qf, dist_metric).numpy(),
+                torchreid.metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
+        distmat = self.ranking_distances(distmat, query, gallery)
+        print('Computing CMC and mAP ...')
+        cmc, mAP = self._rank(distmat, query, gallery, use_metric_cuhk03)
+        print('** Results **')
+        print(f'mAP: {mAP:.1%}')
+        print('CMC curve')
+        for r in ranks:
+            print(f'Rank-{r:<3}: {cmc[r - 1]:.1%}')
+        self.results[dataset_name] = {'rank1': float(cmc[0]), 'mAP': float(mAP),
+                                      'cmc': [float(c) for c in cmc], 'epoch': self.epoch + 1}
+        self._after_ranking(dataset_name, query, gallery)
+        if visrank:
+            self._visualize(dataset_name, distmat, query, gallery,
+                            osp.join(save_dir, 'visrank_' + dataset_name), visrank_topk)
+        return cmc[0], mAP
 
-        def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, **kwargs):
-            distmat = self.ranking_distances(distmat)
-            if self.evaluator == 'alfo':
-                kwargs.pop('use_cython', None)
-                out = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, **kwargs)
-            else:
-                out = original(distmat, q_pids, g_pids, q_camids, g_camids, **kwargs)
-            records.append(out)
-            return out
+    def extract(self, loader, what):
+        """Features of every image of ``loader`` (in its order), with a
+        progress bar on a terminal and one summary line for logs.
 
-        torchreid.metrics.evaluate_rank = evaluate
-        try:
-            yield records
-        finally:
-            torchreid.metrics.evaluate_rank = original
+        Returns:
+            :class:`Extracted`.
+        """
+        features, pids, camids, extras = [], [], [], []
+        start = time.time()
+        batches = tqdm(loader, desc=f'Extracting {what}', unit='batch', leave=False,
+                       disable=not sys.stderr.isatty())
+        for data in batches:
+            imgs, batch_pids, batch_camids = self.parse_data_for_eval(data)
+            if self.use_gpu:
+                imgs = imgs.cuda()
+            batch_features, batch_extras = self.extract_batch(imgs)
+            features.append(batch_features.cpu())
+            extras.append(batch_extras)
+            pids.append(np.asarray(batch_pids))
+            camids.append(np.asarray(batch_camids))
+        features = torch.cat(features)
+        seconds = time.time() - start
+        print(f'Extracted {what}: {features.shape[0]}-by-{features.shape[1]} features in '
+              f'{seconds:.1f} s ({features.shape[0] / max(seconds, 1e-9):.0f} images/s)')
+        attributes = None
+        if extras and extras[0] is not None:
+            attributes = [torch.cat(columns) for columns in zip(*extras)]
+        return Extracted(features, np.concatenate(pids), np.concatenate(camids), attributes)
 
-    def ranking_distances(self, distmat):
-        """The ``[Q, G]`` distances the evaluator ranks: torchreid's, here."""
+    def extract_batch(self, imgs):
+        """``[B, 3, H, W]`` -> (retrieval features ``[B, D]``, extras or None)."""
+        return self.extract_features(imgs), None
+
+    def _rank(self, distmat, query, gallery, use_metric_cuhk03):
+        """CMC and mAP by the configured evaluator (same numbers either way)."""
+        evaluate = evaluate_rank if self.evaluator == 'alfo' else torchreid.metrics.evaluate_rank
+        return evaluate(distmat, query.pids, gallery.pids, query.camids, gallery.camids,
+                        use_metric_cuhk03=use_metric_cuhk03)
+
+    def ranking_distances(self, distmat, query, gallery):
+        """Hook: the ``[Q, G]`` distances to rank (and draw with visrank), from
+        torchreid's (ALFO: plus the attribute term of ``test.attr_rerank_weight``)."""
         return distmat
+
+    def _after_ranking(self, dataset_name, query, gallery):
+        """Hook for what a model adds to a target's results (ALFO: attributes)."""
+
+    def _visualize(self, dataset_name, distmat, query, gallery, out_dir, topk):
+        """torchreid's ranked-list images of every query."""
+        torchreid.utils.visualize_ranked_results(
+            distmat, self.datamanager.fetch_test_loaders(dataset_name),
+            self.datamanager.data_type, width=self.datamanager.width,
+            height=self.datamanager.height, save_dir=out_dir, topk=topk)
+
+
+class BaselineEngine(ResumableEngineMixin, compat.ImageSoftmaxEngine):
+    """torchreid's ``ImageSoftmaxEngine`` with resumable, crash-safe runs
+    (:class:`ResumableEngineMixin`)."""
+
+
+class BaselineTripletEngine(ResumableEngineMixin, compat.ImageTripletEngine):
+    """torchreid's ``ImageTripletEngine`` (hard triplet + softmax) with
+    resumable, crash-safe runs (:class:`ResumableEngineMixin`)."""
 
 
 class ImageFocalVoteEngine(BaselineEngine):
-    """ALFO's engine: identity loss + voted focal attribute loss.
+    """ALFO's engine: identity loss + voted focal attribute loss (+ triplet loss).
 
     Args (beyond :class:`BaselineEngine`'s):
-        vote_mode, focal, alpha, gamma, id_weight, attr_weight: see
-            :class:`alfo_torchreid.losses.ALFOLoss`.
-        attr_rerank_weight: above 0, the test ranks by re-ID distance plus this
-            weight times the attribute disagreement term of
-            :func:`alfo_torchreid.attribute_match.attribute_reranked` (what
-            ``tools/search.py --attr-weight`` does); 0 leaves torchreid's
-            ranking. torchreid's ``visrank`` still draws torchreid's ranking.
+        vote_mode, focal, alpha, gamma, id_weight, attr_weight, attr_reduction,
+            triplet_weight, margin: see :class:`alfo_torchreid.losses.ALFOLoss`.
+        attr_rerank_weight: above 0, the test ranks (and visrank draws) by
+            re-ID distance plus this weight times the attribute term of
+            :func:`alfo_torchreid.attribute_match.attribute_reranked`, what
+            ``tools/search.py --attr-weight`` does; 0 leaves torchreid's ranking.
 
     Every batch must carry ``attrs`` (the ``*_attr`` datasets add it).
     """
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
-                 label_smooth=True, evaluator='alfo', vote_mode='majority', focal=True,
-                 alpha=0.5, gamma=2.0, id_weight=1.0, attr_weight=1.0, attr_rerank_weight=0.0):
+                 label_smooth=True, evaluator='alfo', snapshot_optimizer=False,
+                 vote_mode='majority', focal=True, alpha=0.5, gamma=2.0, id_weight=1.0,
+                 attr_weight=1.0, attr_reduction='sum', triplet_weight=0.0, margin=0.3,
+                 attr_rerank_weight=0.0):
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
-                         label_smooth=label_smooth, evaluator=evaluator)
-        if attr_rerank_weight and not model.local_branch:
+                         label_smooth=label_smooth, evaluator=evaluator,
+                         snapshot_optimizer=snapshot_optimizer)
+        if attr_rerank_weight and not self.network.local_branch:
             raise ConfigError('test.attr_rerank_weight needs attribute heads: this ALFO has '
                               'no local branch (alfo.local_branch False)')
         self.attr_rerank_weight = attr_rerank_weight
-        self.schema = model.schema
+        self.schema = self.network.schema
         self.criterion = ALFOLoss(
             datamanager.num_train_pids, attribute_logit_widths(self.schema.num_classes),
             id_weight=id_weight, attr_weight=attr_weight, alpha=alpha, gamma=gamma,
             focal=focal, vote_mode=vote_mode, label_smooth=label_smooth,
-            use_gpu=self.use_gpu)
-        self._attribute_batches = None  # during test(): attribute probabilities per batch
+            use_gpu=self.use_gpu, attr_reduction=attr_reduction,
+            triplet_weight=triplet_weight, margin=margin)
 
     def parse_data_for_train(self, data):
         if 'attrs' not in data:
@@ -193,7 +305,8 @@ class ImageFocalVoteEngine(BaselineEngine):
             imgs, pids, attrs = imgs.cuda(), pids.cuda(), attrs.cuda()
         outputs = self.model(imgs)
         out = self.criterion(outputs, pids, attrs)
-        parts = {'loss': out.total, 'loss_id': out.id, 'loss_attr': out.attr}
+        parts = {'loss': out.total, 'loss_id': out.id, 'loss_attr': out.attr,
+                 'loss_triplet': out.triplet}
         parts = {k: v for k, v in parts.items() if v is not None}
         self._check_finite(parts)
 
@@ -205,7 +318,7 @@ class ImageFocalVoteEngine(BaselineEngine):
         if out.id is not None:
             summary['acc'] = torchreid.metrics.accuracy(outputs.id_logits, pids)[0].item()
         if out.winners is not None:
-            self.model.record_votes(out.winners)
+            self.network.record_votes(out.winners)
             self._log_winners(out.winners)
         return self._accumulate(summary)
 
@@ -217,70 +330,42 @@ class ImageFocalVoteEngine(BaselineEngine):
             self.writer.add_scalar(f'Vote/{name}', stripe, n_iter)
 
     # -- evaluation -------------------------------------------------------
-    def test(self, **kwargs):
-        """torchreid's re-ID test, then attribute metrics on each target's gallery.
+    def extract_batch(self, imgs):
+        """Retrieval features ``[B, D]`` and, from the same backbone pass, the
+        attribute probabilities (a list of ``m`` tensors ``[B, c_j]``, CPU)."""
+        if not self.network.local_branch:
+            return self.extract_features(imgs), None
+        features, probs = self.network.features_and_attributes(imgs)
+        return features, [p.cpu() for p in probs]
 
-        The attribute probabilities come from the same backbone pass as the
-        re-ID features (:meth:`extract_features`), not from a second pass.
-        """
-        measure = self.model.local_branch and not kwargs.get('visrank')
-        self._attribute_batches = [] if measure or self.attr_rerank_weight else None
-        try:
-            rank1 = super().test(**kwargs)
-            batches = self._attribute_batches
-        finally:
-            self._attribute_batches = None
-        if measure:
-            self._report_attributes(batches)
-        return rank1
-
-    def extract_features(self, input):
-        """Retrieval features ``[B, D]``; during :meth:`test` also keeps the
-        batch's attribute probabilities."""
-        if self._attribute_batches is None:
-            return self.model(input)
-        features, probs = self.model.features_and_attributes(input)
-        self._attribute_batches.append([p.cpu() for p in probs])
-        return features
-
-    def ranking_distances(self, distmat):
+    def ranking_distances(self, distmat, query, gallery):
         """torchreid's distances plus, with ``attr_rerank_weight``, the attribute
-        term computed from the probabilities kept during this target's query and
-        gallery extraction (the last ``Q + G`` rows kept)."""
+        term of the query's and gallery's predicted attributes."""
         if not self.attr_rerank_weight:
             return distmat
-        probs = torch.cat([torch.cat(batch, dim=1) for batch in self._attribute_batches])
-        num_query, num_gallery = distmat.shape
-        probs = probs[len(probs) - num_query - num_gallery:]
-        disagreement = attribute_disagreement(probs[:num_query], probs[num_query:], self.schema)
+        disagreement = attribute_disagreement(torch.cat(query.attributes, dim=1),
+                                              torch.cat(gallery.attributes, dim=1), self.schema)
         return attribute_reranked(distmat, disagreement, self.attr_rerank_weight).numpy()
 
-    def _report_attributes(self, batches):
-        """Splits the probabilities kept during the test by target and split
-        (torchreid extracts each target's query, then its gallery, in order)
-        and reports each gallery's attribute metrics."""
-        for name, loaders in self.test_loader.items():
-            num_query = len(loaders['query'])
-            gallery = batches[num_query:num_query + len(loaders['gallery'])]
-            batches = batches[num_query + len(loaders['gallery']):]
-            self._gallery_attribute_metrics(name, loaders['gallery'].dataset, gallery)
-
-    def _gallery_attribute_metrics(self, name, dataset, batches):
-        """Attribute metrics on the gallery images of real identities of ``name``."""
+    def _after_ranking(self, dataset_name, query, gallery):
+        """Attribute metrics on the gallery images of real identities of the target."""
+        if gallery.attributes is None:
+            return
+        dataset = self.test_loader[dataset_name]['gallery'].dataset
         schema = getattr(dataset, 'schema', None)
         if schema is None or any(n not in self.schema.names for n in schema.names):
-            print(f'** No attribute evaluation on {name}: the model lacks its attributes')
+            print(f'** No attribute evaluation on {dataset_name}: the model lacks its '
+                  'attributes')
             return
         # test loaders keep the dataset's order
         target = torch.from_numpy(np.stack([dataset.image_attrs[item[0]]
                                             for item in dataset.data]))
         real = (target != -1).any(1)  # junk and distractor images carry no attributes
-        probs = [torch.cat(columns)[real] for columns in zip(*batches)]
         # in the target's attribute order (a union schema may hold more attributes)
-        probs = [probs[self.schema.index(n)] for n in schema.names]
+        probs = [gallery.attributes[self.schema.index(n)][real] for n in schema.names]
         metrics = attribute_metrics(None, target[real], schema, probs=probs)
-        print(f'** Attribute results on {name} (gallery, {int(real.sum())} images) **')
+        print(f'** Attribute results on {dataset_name} (gallery, {int(real.sum())} images) **')
         print(format_attribute_table(metrics))
-        self.results.setdefault(name, {})['attributes'] = metrics
+        self.results[dataset_name]['attributes'] = metrics
         if self.writer is not None:
-            self.writer.add_scalar(f'Test/{name}/attr_mA', metrics['mA'], self.epoch)
+            self.writer.add_scalar(f'Test/{dataset_name}/attr_mA', metrics['mA'], self.epoch)

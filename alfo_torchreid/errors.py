@@ -39,6 +39,10 @@ class DownloadError(AlfoError):
     """A file that could not be fetched or failed its checksum."""
 
 
+class RunFolderError(AlfoError):
+    """A run folder that cannot be used, is in use, or holds a damaged file."""
+
+
 class TrainingError(AlfoError):
     """Training cannot go on (e.g. a loss became NaN or infinite)."""
 
@@ -52,30 +56,51 @@ class ExportError(AlfoError):
     export format whose libraries are missing."""
 
 
-def run_command(action, debug=False, interrupted='interrupted'):
+def run_command(action, debug=False, interrupted='interrupted: what was saved is kept'):
     """Runs a command-line tool's ``action()`` and returns the tool's exit status.
+
+    Every tool of this package runs through here, so that bad input and a
+    machine that refuses (a full disk, a read-only folder) end the same way.
 
     Args:
         action (callable): the tool's work, called without arguments.
-        debug (bool): re-raise an :class:`AlfoError` (its traceback shows)
-            instead of printing it.
+        debug (bool): re-raise instead of printing one line (the traceback shows).
         interrupted (str): the line printed on Ctrl-C.
 
     Returns:
-        int: 0 when ``action`` returns; 2 when it raises an :class:`AlfoError`,
-        after printing ``error: <message>`` as the last line on stderr (stdout
-        is flushed first); 130 on Ctrl-C, after printing the ``interrupted``
-        line on stderr.
+        int: 0 when ``action`` returns; 2 when it raises an :class:`AlfoError`
+        or an ``OSError`` from the file system, after printing ``error:
+        <message>`` as one line on stderr (stdout is flushed first); 130 on
+        Ctrl-C, after printing the ``interrupted`` line on stderr.
     """
     try:
         action()
-    except AlfoError as exc:
+    except (AlfoError, OSError) as exc:
         if debug:
             raise
         sys.stdout.flush()
-        print(f'error: {exc}', file=sys.stderr)
+        print(f'error: {one_line(exc)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        sys.stdout.flush()
         print(interrupted, file=sys.stderr)
         return 130
     return 0
+
+
+def one_line(exc):
+    """The message of ``exc`` on one line.
+
+    A DataLoader worker's error reaches the main process re-raised with the
+    worker's whole traceback as its message ("Caught X in DataLoader worker
+    process 0. Original Traceback ..."); its last line is the original message.
+    An ``OSError`` is said with the file it concerns.
+    """
+    message = str(exc)
+    if 'Original Traceback' in message:
+        last = message.strip().splitlines()[-1]
+        message = last.split(': ', 1)[1] if ': ' in last else last
+    elif isinstance(exc, OSError) and not isinstance(exc, AlfoError) and exc.strerror:
+        target = f': "{exc.filename}"' if exc.filename else ''
+        message = f'{exc.strerror}{target}'
+    return ' '.join(message.split())

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alfo_torchreid.atomic import PartialFile, replacing
+from alfo_torchreid.atomic import PartialFile, write_file
 from alfo_torchreid.errors import ExportError
 
 FORMATS = ('onnx', 'torchscript')
@@ -96,8 +96,7 @@ def export_model(trained, fmt, out_path=''):
                               f'{diff}): nothing written')
         partial.replace()
     description = out_path + '.json'
-    with replacing(description) as f:
-        f.write(json.dumps(describe(trained, fmt, diff), indent=1).encode())
+    write_file(description, json.dumps(describe(trained, fmt, diff), indent=1).encode())
     return ExportReport(out_path, description, diff)
 
 

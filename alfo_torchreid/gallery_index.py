@@ -34,7 +34,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from alfo_torchreid.atomic import replacing
+from alfo_torchreid.atomic import replacing, write_file
 from alfo_torchreid.attributes import AttributeSchema
 from alfo_torchreid.errors import SearchError
 from alfo_torchreid.inference import Predictions, find_images, predict
@@ -210,16 +210,14 @@ def write_generation(folder, meta, paths, stamps, features, attributes):
     writer = csv.writer(items, lineterminator='\n')
     writer.writerow(['path', 'size', 'mtime_ns'])
     writer.writerows([path, *stamp] for path, stamp in zip(paths, stamps))
-    with replacing(osp.join(folder, files['items'])) as f:
-        f.write(items.getvalue().encode())
+    write_file(osp.join(folder, files['items']), items.getvalue().encode())
     if meta['backend']['kind'] == 'faiss-ivfpq':
         files['ivfpq'] = f'ivfpq-{generation}.faiss'
         trained_ivfpq = build_ivfpq(features, **meta['backend']['build'])
-        with replacing(osp.join(folder, files['ivfpq'])) as f:
-            f.write(import_faiss().serialize_index(trained_ivfpq).tobytes())
+        write_file(osp.join(folder, files['ivfpq']),
+                   import_faiss().serialize_index(trained_ivfpq).tobytes())
     meta = dict(meta, files=files)
-    with replacing(osp.join(folder, META_FILE)) as f:
-        f.write(json.dumps(meta, indent=1).encode())
+    write_file(osp.join(folder, META_FILE), json.dumps(meta, indent=1).encode())
     for name in os.listdir(folder):
         if _GENERATION_FILE.fullmatch(name) and name not in files.values():
             os.remove(osp.join(folder, name))

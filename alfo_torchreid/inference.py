@@ -24,7 +24,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from alfo_torchreid import checkpoints, compat, config
-from alfo_torchreid.atomic import replacing
+from alfo_torchreid.atomic import replacing, write_file
 from alfo_torchreid.attribute_match import choices, named_predictions, split_attributes
 from alfo_torchreid.attributes import AttributeSchema
 from alfo_torchreid.errors import CheckpointError, ConfigError, DatasetError, ImageReadError
@@ -292,8 +292,7 @@ def write_predictions(out_dir, predictions, schema):
     writer.writerow(['path', *choices(schema)])
     writer.writerows([path, *(c for c, _ in row.values())]
                      for path, row in zip(predictions.paths, named))
-    with replacing(osp.join(out_dir, INDEX_FILE)) as f:
-        f.write(table.getvalue().encode())
+    write_file(osp.join(out_dir, INDEX_FILE), table.getvalue().encode())
     class_names = [schema.class_names(n) for n in schema.names]
     with replacing(osp.join(out_dir, JSONL_FILE)) as f:
         for path, row, probs in zip(predictions.paths, named,

@@ -2,9 +2,10 @@
 
 How an attribute is scored (the layout of the stripe heads' logits):
     a binary attribute has ONE logit ``z`` with ``p = sigmoid(z)`` = P(yes), as in
-    METHOD.md eq. 1; an attribute of ``c > 2`` classes (Market's age) has ``c``
-    logits and a softmax. The logits of all attributes sit side by side, in schema
-    order, in the last axis (width ``K = sum(attribute_logit_widths(...))``).
+    the paper's eq. 1 (docs/method.md, "Loss"); an attribute of ``c > 2`` classes
+    (Market's age) has ``c`` logits and a softmax. The logits of all attributes
+    sit side by side, in schema order, in the last axis (width
+    ``K = sum(attribute_logit_widths(...))``).
 
 Labels are 0-based and ``-1`` (unknown) is masked: it contributes no loss and
 no vote. Every tensor created here is created on the device of the inputs.
@@ -21,6 +22,7 @@ from alfo_torchreid.attributes import UNKNOWN
 from alfo_torchreid.errors import ConfigError
 
 VOTE_MODES = ('majority', 'min', 'mean')
+ATTR_REDUCTIONS = ('sum', 'mean')
 
 # alpha = 0.5 weighs positives and negatives alike: the paper gives no value, and
 # RetinaNet's 0.25 (tuned for detection's rare foreground) would down-weight the
@@ -60,7 +62,7 @@ def _reduce(loss, valid, reduction):
 
 def focal_loss(logits, target, alpha: float = DEFAULT_ALPHA, gamma: float = DEFAULT_GAMMA,
                reduction: str = 'none'):
-    """Focal loss of METHOD.md eq. 1, binary or multi-class by the shapes given.
+    """Focal loss (the paper's eq. 1, docs/method.md "Loss"), binary or multi-class.
 
     Binary (``logits.shape == target.shape``, one logit per sample, ``p = sigmoid``)::
 
@@ -134,7 +136,7 @@ def attribute_losses(attr_logits, attrs, widths: Sequence[int],
 
 
 def vote(losses, mode: str = 'majority', valid=None):
-    """Picks, per attribute, the stripe whose loss trains it (METHOD.md, "Vote").
+    """Picks, per attribute, the stripe whose loss trains it (docs/method.md, "Loss").
 
     Modes:
         ``majority``: each valid sample votes for its lowest-loss stripe (ties:
@@ -186,31 +188,43 @@ class ALFOLossOutput(NamedTuple):
     """What :class:`ALFOLoss` returns; the parts are for logging.
 
     total: the scalar to minimise. id: identity loss (None without the global
-    branch). attr: mean voted attribute loss (None without the local branch).
+    branch). attr: the voted attribute losses, summed (or averaged, see
+    ``attr_reduction``) over the attributes (None without the local branch).
     per_attribute: ``[m]`` voted loss of each attribute. winners: ``[m]`` winning
     stripe of each attribute (-1: no vote), for ``ALFO.record_votes``.
+    triplet: hard triplet loss of the retrieval features (None when off).
     """
     total: torch.Tensor
     id: Optional[torch.Tensor]
     attr: Optional[torch.Tensor]
     per_attribute: Optional[torch.Tensor]
     winners: Optional[torch.Tensor]
+    triplet: Optional[torch.Tensor] = None
 
 
 class ALFOLoss(nn.Module):
-    """``total = id_weight * L_ID + attr_weight * mean_j L_att(j)`` (APR eq. 3).
+    """``total = id_weight * L_ID + attr_weight * sum_j L_att(j)
+    [+ triplet_weight * L_tri]`` (docs/method.md, "Loss").
 
-    ``L_ID`` is torchreid's label-smoothing cross entropy; ``L_att(j)`` is the
-    voted focal loss of attribute ``j``, and the mean runs over the attributes
-    with at least one known label in the batch.
+    The paper's total loss is "the ID loss plus the voted attribute losses"
+    (end of its section 2.1, "总损失为行人的 ID 损失与投票选出的属性损失之和"; the
+    abstract says the same): a sum over the ``m`` attributes. ``L_ID`` is
+    torchreid's label-smoothing cross entropy; ``L_att(j)`` is the voted focal
+    loss of attribute ``j`` (0 for an attribute with no known label in the batch).
+    ``attr_reduction='mean'`` divides the sum by the number of attributes with
+    a known label, which is APR's weighting (its eq. 3), 1/m of the paper's.
 
     Args:
         num_classes: training identities.
         widths: logits per attribute (:func:`attribute_logit_widths`).
         id_weight: lambda. attr_weight: w.
+        attr_reduction: ``'sum'`` (the paper) or ``'mean'`` (APR) over attributes.
+        triplet_weight: weight of torchreid's hard-mining ``TripletLoss`` on the
+            retrieval features (``loss.name triplet``); 0 leaves it out.
+        margin: its margin.
         alpha, gamma: focal loss parameters.
         focal: False for the "no focal loss" ablation: gamma = 0, alpha = 0.5,
-            i.e. half the cross entropy (METHOD.md, Table 1).
+            i.e. half the cross entropy (docs/method.md, Table 1).
         vote_mode: see :func:`vote`.
         label_smooth: torchreid's label smoothing of ``L_ID``.
         use_gpu: as torchreid's CrossEntropyLoss, which moves its targets with
@@ -219,25 +233,32 @@ class ALFOLoss(nn.Module):
 
     def __init__(self, num_classes, widths, id_weight=1.0, attr_weight=1.0,
                  alpha=DEFAULT_ALPHA, gamma=DEFAULT_GAMMA, focal=True,
-                 vote_mode='majority', label_smooth=True, use_gpu=True):
+                 vote_mode='majority', label_smooth=True, use_gpu=True, attr_reduction='sum',
+                 triplet_weight=0.0, margin=0.3):
         super().__init__()
         if vote_mode not in VOTE_MODES:
             raise ConfigError(f'vote mode must be one of {VOTE_MODES}, got {vote_mode!r}')
+        if attr_reduction not in ATTR_REDUCTIONS:
+            raise ConfigError(f'attr_reduction must be one of {ATTR_REDUCTIONS}, '
+                              f'got {attr_reduction!r}')
+        self.attr_reduction = attr_reduction
         self.widths = tuple(widths)
         self.id_weight, self.attr_weight = id_weight, attr_weight
         self.alpha, self.gamma = (alpha, gamma) if focal else (0.5, 0.0)
         self.vote_mode = vote_mode
         self.id_loss = torchreid.losses.CrossEntropyLoss(
             num_classes, use_gpu=use_gpu, label_smooth=label_smooth)
+        self.triplet_weight = triplet_weight
+        self.triplet_loss = torchreid.losses.TripletLoss(margin=margin) if triplet_weight else None
 
     def forward(self, outputs, pids, attrs):
         """
         Args:
             outputs: the model's training output (``id_logits [B, N]`` or None,
-                ``attr_logits [B, P, K]`` or None).
+                ``attr_logits [B, P, K]`` or None, ``features [B, D]``).
             pids: ``[B]`` identity labels. attrs: ``[B, m]`` labels, -1 unknown.
         """
-        total = id_loss = attr_loss = per_attribute = winners = None
+        total = id_loss = attr_loss = per_attribute = winners = triplet = None
         if outputs.id_logits is not None:
             id_loss = self.id_loss(outputs.id_logits, pids)
             total = self.id_weight * id_loss
@@ -245,8 +266,12 @@ class ALFOLoss(nn.Module):
             losses, valid = attribute_losses(outputs.attr_logits, attrs, self.widths,
                                              self.alpha, self.gamma)
             per_attribute, winners = vote(losses, self.vote_mode, valid)
-            known = valid.any(0)
-            attr_loss = per_attribute.sum() / known.sum().clamp(min=1)
+            attr_loss = per_attribute.sum()
+            if self.attr_reduction == 'mean':
+                attr_loss = attr_loss / valid.any(0).sum().clamp(min=1)
             weighted = self.attr_weight * attr_loss
             total = weighted if total is None else total + weighted
-        return ALFOLossOutput(total, id_loss, attr_loss, per_attribute, winners)
+        if self.triplet_loss is not None:
+            triplet = self.triplet_loss(outputs.features, pids)
+            total = total + self.triplet_weight * triplet
+        return ALFOLossOutput(total, id_loss, attr_loss, per_attribute, winners, triplet)

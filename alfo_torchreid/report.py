@@ -2,11 +2,12 @@
 
 Reads the ``metrics.json`` that ``tools/main.py`` writes in each run folder.
 ``comparison.md`` / ``comparison.csv``: Rank-1/5/10, mAP, attribute mA,
-parameters, GFLOPs and training time per epoch of every run. ``cmc.png``: the
-CMC curves. ``attributes.png``: per-attribute accuracy of the runs that
-predict attributes.
+parameters, GFLOPs and training time per epoch of every run (2 decimals in
+both). ``cmc.png``: the CMC curves. ``attributes.png``: per-attribute balanced
+accuracy of the runs that predict attributes.
 """
 import csv
+import io
 import json
 import os
 import os.path as osp
@@ -17,6 +18,7 @@ matplotlib.use('Agg')  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from alfo_torchreid.atomic import write_file  # noqa: E402
 from alfo_torchreid.errors import AlfoError  # noqa: E402
 
 COLUMNS = ('run', 'model', 'dataset', 'rank1', 'rank5', 'rank10', 'mAP', 'attr_mA',
@@ -24,15 +26,49 @@ COLUMNS = ('run', 'model', 'dataset', 'rank1', 'rank5', 'rank10', 'mAP', 'attr_m
 
 
 def load_run(run_dir):
-    """The ``metrics.json`` of ``run_dir`` as a dict (``name`` defaults to the folder)."""
+    """The ``metrics.json`` of ``run_dir`` as a dict (``name`` defaults to the folder).
+
+    Raises:
+        AlfoError: the file is missing, not JSON, or not shaped as
+            ``tools/main.py`` writes it; the message names the file.
+    """
     path = osp.join(run_dir, 'metrics.json')
     if not osp.isfile(path):
         raise AlfoError(f'run folder "{run_dir}" has no metrics.json: has the run finished '
                         f'(tools/main.py writes it after the final test)?')
-    with open(path) as f:
-        run = json.load(f)
+    try:
+        with open(path, encoding='utf-8') as f:
+            run = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AlfoError(f'"{path}" is not valid JSON ({exc}): the file is damaged; '
+                        'evaluate the run again to rewrite it') from None
+    problem = _metrics_problem(run)
+    if problem:
+        raise AlfoError(f'"{path}" is not a metrics file of tools/main.py: {problem}')
     run.setdefault('name', osp.basename(osp.normpath(run_dir)))
     return run
+
+
+def _metrics_problem(run):
+    """What makes ``run`` unlike a ``metrics.json`` of ``tools/main.py`` (None if nothing)."""
+    number = (int, float)
+    if not isinstance(run, dict):
+        return f'it holds a {type(run).__name__}, not an object'
+    for key, kind in (('model', str), ('params', number), ('gflops', number),
+                      ('results', dict)):
+        if not isinstance(run.get(key), kind):
+            return f'"{key}" is missing or not a {getattr(kind, "__name__", "number")}'
+    for dataset, res in run['results'].items():
+        if not isinstance(res, dict) or not isinstance(res.get('mAP'), number) or \
+                not isinstance(res.get('cmc'), list) or \
+                not all(isinstance(c, number) for c in res['cmc']):
+            return f'results of "{dataset}" lack a numeric "mAP" and a "cmc" list'
+        attrs = res.get('attributes')
+        if attrs is not None and not (isinstance(attrs, dict) and
+                                      isinstance(attrs.get('mA'), number) and
+                                      isinstance(attrs.get('balanced_accuracy'), dict)):
+            return f'attribute results of "{dataset}" lack "mA" and "balanced_accuracy"'
+    return None
 
 
 def rows(runs):
@@ -63,10 +99,27 @@ def _cell(value):
     return f'{value:.2f}' if isinstance(value, float) else str(value)
 
 
-def markdown_table(table):
-    lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-    lines += ['| ' + ' | '.join(_cell(r[c]) for c in COLUMNS) + ' |' for r in table]
+def _rounded(row):
+    """A table row with floats rounded as the Markdown table shows them."""
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def markdown_table(table, columns=COLUMNS):
+    """The rows (dicts) of ``table`` as a Markdown table of ``columns``."""
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(_cell(r[c]) for c in columns) + ' |' for r in table]
     return '\n'.join(lines) + '\n'
+
+
+def csv_text(table, columns=COLUMNS):
+    """The rows (dicts) of ``table`` as CSV text: a header line of ``columns``,
+    then one line per row, floats rounded to 2 decimals as in the Markdown
+    (CRLF line ends, as the csv module writes)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(_rounded(row) for row in table)
+    return out.getvalue()
 
 
 def plot_cmc(runs, path, max_rank=20):
@@ -89,30 +142,40 @@ def plot_cmc(runs, path, max_rank=20):
     plt.close(fig)
 
 
+def attribute_series(runs):
+    """(label, {attribute: balanced accuracy}) of every run and test dataset
+    with attribute results. Balanced accuracy (the per-attribute term of mA,
+    (TP/P + TN/N)/2) rather than accuracy, which reads 100 % for an attribute
+    that is never positive in the test split and never predicted."""
+    return [(f'{run["name"]} ({dataset})', res['attributes']['balanced_accuracy'])
+            for run in runs for dataset, res in run['results'].items()
+            if res.get('attributes')]
+
+
 def plot_attributes(runs, path):
-    """Grouped bars: per-attribute accuracy (%) of the runs that predict attributes.
+    """Grouped bars: per-attribute balanced accuracy (%) of the runs that predict
+    attributes (:func:`attribute_series`).
 
     Returns:
         False (and writes an empty-notice figure) when no run has attribute results.
     """
-    series = [(f'{run["name"]} ({dataset})', res['attributes']['accuracy'])
-              for run in runs for dataset, res in run['results'].items()
-              if res.get('attributes')]
+    series = attribute_series(runs)
     names = list(series[0][1]) if series else []
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) * max(1, len(series))), 4.5))
     if not series:
         ax.text(0.5, 0.5, 'no run predicts attributes', ha='center', va='center')
         ax.set_axis_off()
     width = 0.8 / max(1, len(series))
-    for i, (label, accuracy) in enumerate(series):
+    for i, (label, balanced) in enumerate(series):
         xs = [j + i * width for j in range(len(names))]
-        ax.bar(xs, [100 * accuracy.get(n, float('nan')) for n in names], width, label=label)
+        ax.bar(xs, [100 * balanced.get(n, float('nan')) for n in names], width, label=label)
     if series:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
         ax.set_xticklabels(names, rotation=70, fontsize=8)
-        ax.set_ylabel('accuracy (%)')
+        ax.set_ylabel('balanced accuracy (%): (TP/P + TN/N) / 2')
         ax.set_ylim(0, 100)
-        ax.set_title('Attribute accuracy (gallery)')
+        ax.axhline(50, color='grey', linewidth=0.8, linestyle=':')  # chance
+        ax.set_title('Attribute recognition on the gallery (mean of the bars = mA)')
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
@@ -130,14 +193,11 @@ def write_report(run_dirs, out_dir):
     table = rows(runs)
     os.makedirs(out_dir, exist_ok=True)
     text = markdown_table(table)
-    with open(osp.join(out_dir, 'comparison.md'), 'w') as f:
-        f.write('# Comparison\n\nRank-k, mAP and attribute mA in %; params: all trained '
-                'parameters, in millions; GFLOPs per image at inference; training seconds '
-                'per epoch.\n\n' + text)
-    with open(osp.join(out_dir, 'comparison.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(table)
+    write_file(osp.join(out_dir, 'comparison.md'), (
+        '# Comparison\n\nRank-k, mAP and attribute mA in %; params: all trained parameters, '
+        'in millions; GFLOPs per image at inference; training seconds per epoch.\n\n'
+        + text).encode())
+    write_file(osp.join(out_dir, 'comparison.csv'), csv_text(table).encode())
     plot_cmc(runs, osp.join(out_dir, 'cmc.png'))
     plot_attributes(runs, osp.join(out_dir, 'attributes.png'))
     return text

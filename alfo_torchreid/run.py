@@ -1,26 +1,35 @@
 """One training/evaluation run, wired from a config (behind ``tools/main.py``).
 
 The run folder (``data.save_dir``) receives what a user and
-``tools/compare.py`` need: ``config.yaml`` (the merged config), ``train.log``
-or ``test.log``, TensorBoard events, ``model/`` checkpoints,
-``history.jsonl`` (per-epoch losses and times) and ``metrics.json``
-(Rank-k, mAP, the CMC curve, attribute metrics, parameters and GFLOPs).
+``tools/compare.py`` need: ``config.yaml`` (the merged config), ``train.log``,
+TensorBoard events, ``model/`` checkpoints, ``history.jsonl`` (per-epoch
+losses and times) and ``metrics.json`` (Rank-k, mAP, the CMC curve, attribute
+metrics, parameters and GFLOPs). An evaluation-only run
+(``test.evaluate True``) writes the same files into
+``<save_dir>/eval-<weights file name>/`` and never touches what training wrote.
+
+Everything that can be refused (config, data, weights, the folder's state) is
+checked before the first file of the run is written: bad input leaves an
+earlier run's folder exactly as it was.
 """
+import io
 import json
-import os
 import os.path as osp
 import sys
 import time
 
 import torch
+import torch.nn as nn
 import torchreid
 
 import alfo_torchreid  # noqa: F401  (registers datasets and models into torchreid)
 from alfo_torchreid import checkpoints, config, weights
-from alfo_torchreid.atomic import PartialFile
+from alfo_torchreid.atomic import write_file
 from alfo_torchreid.datasets import attribute_files
-from alfo_torchreid.engine import HISTORY, BaselineEngine, ImageFocalVoteEngine
-from alfo_torchreid.errors import DatasetError
+from alfo_torchreid.engine import (BaselineEngine, BaselineTripletEngine, ImageFocalVoteEngine,
+                                   unwrap)
+from alfo_torchreid.errors import DatasetError, RunFolderError
+from alfo_torchreid.run_folder import RunFolder, drop_torn_last_line, read_history
 
 METRICS = 'metrics.json'
 
@@ -37,58 +46,101 @@ def command_line_overrides(args):
 
 
 def main(config_file='', opts=()):
-    """Runs what the config says; returns the engine (its ``results`` hold the metrics)."""
+    """Runs what the config says.
+
+    Returns:
+        The engine (its ``results`` hold the metrics), or None when a resumed
+        run had nothing left to train (nothing is written then).
+    """
     cfg = config.load_config(config_file, opts)
-    os.makedirs(cfg.data.save_dir, exist_ok=True)
-    log_name = 'test.log' if cfg.test.evaluate else 'train.log'
+    if cfg.test.evaluate:
+        cfg.defrost()
+        cfg.data.save_dir = evaluation_folder(cfg)
     console = sys.stdout
-    with open(osp.join(cfg.data.save_dir, log_name), 'a') as log:
-        sys.stdout = Tee(console, log)
+    log = Tee(console)
+    with RunFolder(cfg.data.save_dir):
+        sys.stdout = log
         try:
-            return _run(cfg)
+            return _run(cfg, log)
         finally:
             sys.stdout = console
+            log.close()
+
+
+def evaluation_folder(cfg):
+    """``<save_dir>/eval-<name of the weights evaluated>``."""
+    weights_name = cfg.model.load_weights or cfg.model.pretrained or 'random-init'
+    return osp.join(cfg.data.save_dir, f'eval-{osp.basename(osp.normpath(weights_name))}')
 
 
 class Tee:
-    """Writes to the console and a log file. (torchreid's ``Logger`` truncates
-    the log, which a resumed run must not do, and closes the console on exit.)"""
+    """Writes to the console and to the run's log file. Until :meth:`open` the
+    log part is kept in memory, so a run refused for bad input writes no log.
+    (torchreid's ``Logger`` truncates the log, which a resumed run must not
+    do, and closes the console on exit.)"""
 
-    def __init__(self, *streams):
-        self.streams = streams
+    def __init__(self, console):
+        self.console = console
+        self.file = io.StringIO()
+
+    def open(self, path):
+        """From now on the log goes to ``path`` (appended), the text so far first."""
+        buffered = self.file.getvalue()
+        self.file = open(path, 'a')
+        self.file.write(buffered)
 
     def write(self, text):
-        for stream in self.streams:
-            stream.write(text)
+        self.console.write(text)
+        self.file.write(text)
 
     def flush(self):
-        for stream in self.streams:
-            stream.flush()
+        self.console.flush()
+        self.file.flush()
+
+    def isatty(self):
+        return False
+
+    def close(self):
+        self.file.close()
 
 
-def _run(cfg):
+def _run(cfg, log):
     print(f'Config:\n{cfg}\n')
-    with open(osp.join(cfg.data.save_dir, 'config.yaml'), 'w') as f:
-        f.write(cfg.dump())
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-
     datamanager = build_datamanager(cfg)
     model = build_model(cfg, datamanager)
-    if cfg.use_gpu:
-        model = model.cuda()
+    trained_epoch = load_trained_weights(cfg, model, datamanager.num_train_pids)
+    resolve_new_layers(cfg, model)
+    model = place_on_device(cfg, model)
     optimizer = torchreid.optim.build_optimizer(model, **config.optimizer_kwargs(cfg))
     scheduler = torchreid.optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
-    resume_path = resume_checkpoint(cfg)
-    if resume_path:
-        start_epoch, _ = checkpoints.load_training_state(
-            resume_path, model, datamanager.num_train_pids, optimizer, scheduler,
-            trust=cfg.model.trust_checkpoint)
-        print(f'Resumed from "{resume_path}": continuing at epoch {start_epoch + 1}')
+    final_test_only = False
+    if not cfg.test.evaluate:
+        start_epoch = resume(cfg, model, datamanager.num_train_pids, optimizer, scheduler)
+        if start_epoch >= cfg.train.max_epoch:
+            if start_epoch > cfg.train.max_epoch or \
+                    osp.isfile(osp.join(cfg.data.save_dir, METRICS)):
+                print(f'Nothing to train: the run in "{cfg.data.save_dir}" is at epoch '
+                      f'{start_epoch} and train.max_epoch is {cfg.train.max_epoch}; no file '
+                      'was changed (raise train.max_epoch to train on, or evaluate it with '
+                      'test.evaluate True)')
+                return None
+            print(f'The run in "{cfg.data.save_dir}" was stopped in its final test: testing '
+                  f'its epoch-{start_epoch} weights now')
+            final_test_only = True
         cfg.defrost()
         cfg.train.start_epoch = start_epoch
+
+    # from here on the run writes into its folder
+    log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
+    if not final_test_only:
+        write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
     engine = build_engine(cfg, datamanager, model, optimizer, scheduler)
-    engine.run(**config.engine_run_kwargs(cfg))
-    save_metrics(cfg, engine, model)
+    if cfg.test.evaluate or final_test_only:
+        # results and TensorBoard name the epoch of the weights tested
+        engine.epoch = max((trained_epoch if cfg.test.evaluate else start_epoch) - 1, 0)
+    engine.run(**config.engine_run_kwargs(cfg), test_only=cfg.test.evaluate or final_test_only)
+    save_metrics(cfg, engine, trained_epoch if cfg.test.evaluate else cfg.train.max_epoch)
     return engine
 
 
@@ -118,8 +170,8 @@ def check_dataset_folder(root, name):
     if dataset_dir and not osp.isdir(folder):
         raise DatasetError(
             f'dataset folder "{folder}" for {name} does not exist: pass --root (data.root) '
-            f'pointing at the folder that holds "{dataset_dir}" (tools/download.py --layout '
-            f'prints the expected layout)')
+            f'pointing at the folder that holds "{dataset_dir}" (python tools/download.py '
+            '--layout prints the expected layout)')
 
 
 def is_alfo(cfg):
@@ -127,10 +179,8 @@ def is_alfo(cfg):
 
 
 def build_model(cfg, datamanager):
-    """ALFO sized for the training data's attribute schema, or a torchreid model.
-
-    Weights: ``model.pretrained`` first, then ``model.load_weights`` if given.
-    """
+    """ALFO sized for the training data's attribute schema, or a torchreid
+    model, with the ``model.pretrained`` weights."""
     num_classes = datamanager.num_train_pids
     if is_alfo(cfg):
         schema = getattr(datamanager.train_loader.dataset, 'schema', None)
@@ -142,7 +192,7 @@ def build_model(cfg, datamanager):
         # fail before training when the map is too short for the stripes
         overlapping_stripes(cfg.data.height // (16 * cfg.alfo.last_stride), cfg.alfo.num_parts,
                             cfg.alfo.stripe_height or None, cfg.alfo.stripe_stride or None)
-        model = ALFO(num_classes, schema=schema, pretrained=False,
+        model = ALFO(num_classes, schema=schema, loss=cfg.loss.name, pretrained=False,
                      **config.alfo_model_kwargs(cfg))
     else:
         model = torchreid.models.build_model(cfg.model.name, num_classes, loss=cfg.loss.name,
@@ -152,55 +202,126 @@ def build_model(cfg, datamanager):
                                                trust=cfg.model.trust_checkpoint)
         print(f'Loaded {len(loaded)} pretrained tensors from "{cfg.model.pretrained}"; '
               f'skipped {len(skipped)}: {", ".join(skipped) or "none"}')
-    if cfg.model.load_weights:
-        checkpoint = checkpoints.load_checkpoint(cfg.model.load_weights,
-                                                cfg.model.trust_checkpoint)
-        checkpoints.check_signature(checkpoint, cfg.model.load_weights, num_classes,
-                                    getattr(model, 'schema', None))
-        loaded, skipped = checkpoints.load_matching_weights(
-            model, checkpoints.state_dict_of(checkpoint))
-        print(f'Loaded weights from "{cfg.model.load_weights}" ({len(loaded)} tensors, '
-              f'{len(skipped)} skipped)')
     return model
 
 
-def resume_checkpoint(cfg):
-    """The checkpoint to resume from: ``model.resume``, or with ``train.resume``
-    the run folder's ``model/latest.pth.tar`` when it exists."""
-    if cfg.model.resume:
-        return cfg.model.resume
+def load_trained_weights(cfg, model, num_classes):
+    """Loads ``model.load_weights`` (a checkpoint of this package or torchreid)
+    into ``model`` after checking its signature.
+
+    Returns:
+        The checkpoint's epoch (0 when it names none, or no file is given).
+    """
+    if not cfg.model.load_weights:
+        return 0
+    checkpoint = checkpoints.load_checkpoint(cfg.model.load_weights, cfg.model.trust_checkpoint)
+    checkpoints.check_signature(checkpoint, cfg.model.load_weights, num_classes,
+                                getattr(model, 'schema', None))
+    loaded, skipped = checkpoints.load_matching_weights(
+        model, checkpoints.state_dict_of(checkpoint))
+    print(f'Loaded weights from "{cfg.model.load_weights}" ({len(loaded)} tensors, '
+          f'{len(skipped)} skipped)')
+    epoch = checkpoint.get('epoch') if isinstance(checkpoint, dict) else None
+    return int(epoch) if isinstance(epoch, int) else 0
+
+
+def new_layers(model):
+    """The layers of ``model`` that pretrained weights do not give: the
+    identity classifier and, for ALFO, the stripes' attribute heads."""
+    return [name for name in ('classifier', 'attribute_heads')
+            if getattr(model, name, None) is not None]
+
+
+def resolve_new_layers(cfg, model):
+    """Fills ``train.new_layers`` / ``train.open_layers`` left empty with
+    :func:`new_layers`, so ``staged_lr`` and ``fixbase_epoch`` treat ALFO's
+    attribute heads as new (torchreid's default names the classifier alone)."""
+    cfg.defrost()
+    for key in ('new_layers', 'open_layers'):
+        if not cfg.train[key]:
+            cfg.train[key] = new_layers(model)
+    cfg.freeze()
+
+
+def place_on_device(cfg, model):
+    """The model on the GPU with ``use_gpu``; with several GPUs visible, wrapped
+    in ``nn.DataParallel`` as torchreid's ``scripts/main.py`` does."""
+    if not cfg.use_gpu:
+        return model
+    model = model.cuda()
+    if torch.cuda.device_count() > 1:
+        print(f'Using nn.DataParallel over {torch.cuda.device_count()} GPUs')
+        model = nn.DataParallel(model)
+    return model
+
+
+def resume(cfg, model, num_classes, optimizer, scheduler):
+    """Restores the run to continue, if any, and returns the epoch to start from.
+
+    ``model.resume`` names a checkpoint; ``train.resume`` continues the run
+    folder's ``model/latest.pth.tar``. Without either, a folder that already
+    holds a run is refused, so a new run never mixes its files with an older one's.
+
+    Raises:
+        RunFolderError, CheckpointError.
+    """
+    path = cfg.model.resume
     latest = osp.join(cfg.data.save_dir, 'model', checkpoints.LATEST)
-    if cfg.train.resume and osp.isfile(latest):
-        return latest
-    return ''
+    if not path and cfg.train.resume and osp.isfile(latest):
+        path = latest
+    if not path:
+        previous = [f for f in ('model/' + checkpoints.LATEST, METRICS, 'history.jsonl')
+                    if osp.exists(osp.join(cfg.data.save_dir, f))]
+        if previous:
+            raise RunFolderError(
+                f'run folder "{cfg.data.save_dir}" already holds a run ({", ".join(previous)}): '
+                'continue it with train.resume True, or give this run another data.save_dir')
+        return 0
+    start_epoch, _ = checkpoints.load_training_state(path, unwrap(model), num_classes, optimizer,
+                                                     scheduler, trust=cfg.model.trust_checkpoint)
+    drop_torn_last_line(cfg.data.save_dir)
+    print(f'Resumed from "{path}": continuing at epoch {start_epoch + 1}')
+    return start_epoch
 
 
 def build_engine(cfg, datamanager, model, optimizer, scheduler):
+    """ALFO's engine, or torchreid's softmax / triplet engine for a baseline."""
     common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu,
-                  label_smooth=cfg.loss.softmax.label_smooth, evaluator=cfg.test.evaluator)
+                  label_smooth=cfg.loss.softmax.label_smooth, evaluator=cfg.test.evaluator,
+                  snapshot_optimizer=cfg.train.save_optimizer_in_snapshots)
+    triplet = cfg.loss.triplet
     if is_alfo(cfg):
         kwargs = config.alfo_loss_kwargs(cfg)
         kwargs.pop('label_smooth')
         return ImageFocalVoteEngine(datamanager, model, optimizer, **common, **kwargs,
                                     attr_rerank_weight=cfg.test.attr_rerank_weight)
+    if cfg.loss.name == 'triplet':
+        return BaselineTripletEngine(datamanager, model, optimizer, margin=triplet.margin,
+                                     weight_t=triplet.weight_t, weight_x=triplet.weight_x,
+                                     **common)
     return BaselineEngine(datamanager, model, optimizer, **common)
 
 
-def save_metrics(cfg, engine, model):
-    """Writes ``metrics.json``: the last test's results and the model's cost."""
+def save_metrics(cfg, engine, epochs):
+    """Writes ``metrics.json``: the last test's results and the model's cost.
+
+    Args:
+        epochs: the epochs the evaluated weights were trained for.
+    """
+    model = engine.network
     # GFLOPs of inference (what torchreid counts: the layers run in eval mode);
     # parameters of the whole trained model, heads and classifiers included
     _, flops = torchreid.utils.compute_model_complexity(
         model, (1, 3, cfg.data.height, cfg.data.width), verbose=False, only_conv_linear=False)
     num_params = sum(p.numel() for p in model.parameters())
-    epochs = read_history(cfg.data.save_dir)
-    times = [e['epoch_time'] for e in epochs if 'epoch_time' in e]
+    times = [e['epoch_time'] for e in read_history(cfg.data.save_dir) if 'epoch_time' in e]
     summary = {
         'name': osp.basename(osp.normpath(cfg.data.save_dir)),
         'model': cfg.model.name,
         'sources': list(cfg.data.sources),
         'input_size': [cfg.data.height, cfg.data.width],
-        'epochs': cfg.train.max_epoch,
+        'epochs': epochs,
+        'weights': cfg.model.load_weights or None,
         'params': int(num_params),
         'gflops': flops / 1e9,
         'train_time_per_epoch': sum(times) / len(times) if times else None,
@@ -208,22 +329,6 @@ def save_metrics(cfg, engine, model):
         'written': time.strftime('%Y-%m-%d %H:%M:%S'),
     }
     path = osp.join(cfg.data.save_dir, METRICS)
-    with PartialFile(path) as partial:
-        partial.file.write(json.dumps(summary, indent=1).encode())
-        partial.sync()
-        partial.replace()
+    write_file(path, json.dumps(summary, indent=1).encode())
     print(f'Metrics written to "{path}"')
     return summary
-
-
-def read_history(save_dir):
-    """The per-epoch records of ``history.jsonl`` (the last record of each epoch)."""
-    path = osp.join(save_dir, HISTORY)
-    if not osp.isfile(path):
-        return []
-    by_epoch = {}
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            by_epoch[record['epoch']] = record
-    return [by_epoch[k] for k in sorted(by_epoch)]

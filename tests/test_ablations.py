@@ -7,6 +7,8 @@ import torchreid
 
 from alfo_torchreid import config
 from alfo_torchreid import run as run_lib
+from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA
+from alfo_torchreid.models import ALFO
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = ['data.height', '128', 'data.width', '64', 'data.workers', '0', 'train.batch_size', '8',
@@ -59,3 +61,25 @@ def test_no_focal_is_half_cross_entropy_and_alfo_is_focal(datamanager, toy_root)
 
     assert loss_of('no_focal') == (0.5, 0.0)
     assert loss_of('alfo') == (0.5, 2.0)
+
+
+@pytest.mark.parametrize('dataset', ['market', 'duke'])
+def test_paper_geometry_configs_cut_a_7x7_map_into_rows_0_1_to_5_6(dataset):
+    cfg = config.load_config(REPO / 'configs' / f'alfo_{dataset}_paper.yaml')
+    base = config.load_config(REPO / 'configs' / f'alfo_{dataset}.yaml')
+    changed = {(section, key) for section in ('data', 'alfo', 'model', 'train', 'test')
+               for key in cfg[section] if cfg[section][key] != base[section][key]}
+    assert changed == {('data', 'height'), ('data', 'width'), ('data', 'save_dir'),
+                       ('alfo', 'last_stride'), ('alfo', 'stripe_height'),
+                       ('alfo', 'stripe_stride')}
+    assert (cfg.data.height, cfg.data.width) == (224, 224)
+    torch.manual_seed(0)
+    model = ALFO(5, schema=MARKET_SCHEMA if dataset == 'market' else DUKE_SCHEMA,
+                 **config.alfo_model_kwargs(cfg)).eval()
+    with torch.no_grad():
+        fmap = model.featuremaps(torch.randn(2, 3, cfg.data.height, cfg.data.width))
+        whole, stripes = model.pool(fmap)
+    assert fmap.shape == (2, 2048, 7, 7)
+    for i in range(6):  # stripe i is the mean of rows i and i + 1
+        assert torch.allclose(stripes[:, i], fmap[:, :, i:i + 2].mean((2, 3)), atol=1e-5)
+    assert torch.allclose(whole, fmap.mean((2, 3)), atol=1e-5)

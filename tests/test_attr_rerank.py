@@ -43,9 +43,9 @@ def recorded_test(engine, monkeypatch):
     given, ranked = [], []
     original = engine.ranking_distances
 
-    def record_given(distmat):
+    def record_given(distmat, query, gallery):
         given.append(np.array(distmat))
-        return original(distmat)
+        return original(distmat, query, gallery)
 
     def record_ranked(distmat, *args, **kwargs):
         ranked.append(np.array(distmat))
@@ -84,7 +84,7 @@ def disagreement_by_hand(independent):
 def test_weight_zero_leaves_torchreids_distances(engine):
     assert engine.attr_rerank_weight == 0
     distmat = np.ones((2, 3), dtype=np.float32)
-    assert engine.ranking_distances(distmat) is distmat
+    assert engine.ranking_distances(distmat, None, None) is distmat
 
 
 def test_positive_weight_adds_the_attribute_term(engine, independent, monkeypatch):

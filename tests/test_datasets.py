@@ -358,7 +358,7 @@ def test_command_line_summary(toy_datasets, toy_root, capsys):
 
 
 def test_command_line_error_is_one_line(tmp_path, capsys):
-    assert datasets.main(['--root', str(tmp_path), '--name', 'dukemtmcreid_attr']) == 1
+    assert datasets.main(['--root', str(tmp_path), '--name', 'dukemtmcreid_attr']) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: DukeMTMCreIDAttr: dataset folder') and err.count('\n') == 1
 

@@ -51,6 +51,14 @@ def test_failed_download_keeps_the_previous_file(server, tmp_path):
     assert os.listdir(tmp_path) == ['a.mat']
 
 
+def test_a_failed_download_to_a_new_path_leaves_no_folder(server, tmp_path):
+    (tmp_path / 'kept').mkdir()
+    for dest in (tmp_path / 'a' / 'b' / 'c.mat', tmp_path / 'kept' / 'new' / 'c.mat'):
+        with pytest.raises(DownloadError, match='interrupted'):
+            download(f'{server}/truncated', dest, progress=False)
+    assert os.listdir(tmp_path) == ['kept'] and os.listdir(tmp_path / 'kept') == []
+
+
 def test_interrupted_download_leaves_no_file(server, tmp_path):
     dest = tmp_path / 'a.mat'
     message = f'interrupted after {len(PAYLOAD) // 2} of {len(PAYLOAD)} bytes'

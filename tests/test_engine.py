@@ -27,22 +27,19 @@ def make_datamanager(root, **kwargs):
     return torchreid.data.ImageDataManager(**options)
 
 
-def make_engine(datamanager, lr=1e-3, seed=0, attr_weight=1.0):
+def make_engine(datamanager, lr=1e-3, seed=0, **loss_options):
     torch.manual_seed(seed)
     model = ALFO(datamanager.num_train_pids, schema=datamanager.train_loader.dataset.schema,
                  last_stride=1, num_parts=6)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return ImageFocalVoteEngine(datamanager, model, optimizer, use_gpu=False,
-                                attr_weight=attr_weight)
+    return ImageFocalVoteEngine(datamanager, model, optimizer, use_gpu=False, **loss_options)
 
 
 @pytest.fixture(scope='module')
 def trained(toy_root, tmp_path_factory):
     """One short ALFO run; returns (engine, save_dir, printed output)."""
     torchreid.utils.set_random_seed(0)
-    # 32 iterations are few for the attribute heads (their focal loss is ~1/50 of
-    # the identity loss); weighting it up shows attribute learning within them.
-    engine = make_engine(make_datamanager(toy_root), attr_weight=10.0)
+    engine = make_engine(make_datamanager(toy_root))
     save_dir = tmp_path_factory.mktemp('alfo-run')
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -112,12 +109,76 @@ def test_checkpoints_hold_rng_and_signature(trained):
     assert {'python', 'numpy', 'torch'} <= set(checkpoint['rng'])
 
 
+def test_snapshots_hold_the_optimizer_when_asked(trained, tmp_path):
+    engine = trained[0]
+    from alfo_torchreid.checkpoints import load_checkpoint
+    assert 'optimizer' not in load_checkpoint(engine.save_model(0, 0.5, str(tmp_path)))
+    engine.snapshot_optimizer = True
+    try:
+        snapshot = load_checkpoint(engine.save_model(1, 0.5, str(tmp_path)))
+    finally:
+        engine.snapshot_optimizer = False
+    assert snapshot['optimizer']['state'] and snapshot['rank1'] == 0.5
+
+
 def test_batch_without_attributes_is_refused(toy_root):
     engine = make_engine(make_datamanager(toy_root))
     batch = next(iter(engine.train_loader))
     del batch['attrs']
     with pytest.raises(TrainingError, match='carry no "attrs".*market1501_attr'):
         engine.forward_backward(batch)
+
+
+def _focal_by_hand(logits, label, alpha, gamma):
+    """Focal loss of one sample, stripe and attribute (docs/method.md, eq. 1), in float64."""
+    if logits.size == 1:  # binary: p = sigmoid(z) = P(yes)
+        p = 1 / (1 + np.exp(-logits[0]))
+        return -alpha * (1 - p) ** gamma * np.log(p) if label == 1 else \
+            -(1 - alpha) * p ** gamma * np.log(1 - p)
+    p = np.exp(logits - logits.max())
+    p_t = p[label] / p.sum()
+    return -alpha * (1 - p_t) ** gamma * np.log(p_t)
+
+
+def _total_loss_by_hand(id_logits, attr_logits, pids, attrs, widths, alpha=0.5, gamma=2.0,
+                        eps=0.1):
+    """L_ID (label-smoothed cross entropy) + the sum over attributes of the
+    majority-voted stripe's mean focal loss, with loops over samples and stripes."""
+    num_ids = id_logits.shape[1]
+    log_p = id_logits - id_logits.max(1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
+    smooth = np.full(id_logits.shape, eps / num_ids)
+    smooth[np.arange(len(pids)), pids] += 1 - eps
+    total = -(smooth * log_p).sum(1).mean()
+    B, P, _ = attr_logits.shape
+    start = 0
+    for j, width in enumerate(widths):
+        losses = np.array([[_focal_by_hand(attr_logits[b, p, start:start + width], attrs[b, j],
+                                           alpha, gamma) for p in range(P)] for b in range(B)])
+        start += width
+        known = attrs[:, j] >= 0
+        if not known.any():
+            continue
+        ballots = np.bincount(losses[known].argmin(1), minlength=P)
+        total += losses[known, ballots.argmax()].mean()
+    return total
+
+
+def test_the_engines_loss_is_the_id_loss_plus_the_sum_of_voted_focal_losses(toy_root):
+    engine = make_engine(make_datamanager(toy_root))
+    batch = next(iter(engine.train_loader))
+    batch['attrs'][0, 3] = -1  # an unknown label is left out of its attribute's loss
+    engine.model.train()
+    with torch.no_grad():
+        outputs = engine.model(batch['img'])
+    expected = _total_loss_by_hand(outputs.id_logits.double().numpy(),
+                                   outputs.attr_logits.double().numpy(),
+                                   batch['pid'].numpy(), batch['attrs'].numpy(),
+                                   engine.criterion.widths)
+    summary = engine.forward_backward(batch)
+    # float32 in the engine, float64 here: 1e-6 relative is float32's accuracy
+    assert summary['loss'] == pytest.approx(expected, rel=1e-6)
+    assert summary['loss_id'] + summary['loss_attr'] == pytest.approx(summary['loss'], rel=1e-6)
 
 
 def test_non_finite_loss_stops_training_naming_the_part(toy_root, tmp_path):

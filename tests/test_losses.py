@@ -247,13 +247,33 @@ def test_alfo_loss_combines_id_and_voted_attribute_losses():
     want_id = F.cross_entropy(id_logits, pids, label_smoothing=0.1)
     losses, valid = attribute_losses(logits, attrs, MARKET_WIDTHS, 0.25, 2.0)
     per_attribute, winners = vote(losses, 'majority', valid)
-    known = [j for j in range(27) if j != 7]
-    want_attr = per_attribute[known].mean()
+    want_attr = per_attribute.sum()  # attribute 7 has no known label: its loss is 0
+    assert per_attribute[7] == 0
     assert out.id.item() == pytest.approx(want_id.item(), rel=1e-5)
     assert out.attr.item() == pytest.approx(want_attr.item(), rel=1e-5)
     assert out.total.item() == pytest.approx(0.7 * want_id.item() + 2.0 * want_attr.item(),
                                              rel=1e-5)
     assert torch.equal(out.winners, winners) and out.winners[7] == -1
+
+
+def test_mean_reduction_is_the_sum_over_the_number_of_attributes():
+    logits, attrs = random_batch()
+    attrs[0, 7] = 1  # every attribute has a known label: m = 27 in the mean
+    outputs, pids = ALFOOutputs(torch.randn(5, 10), logits), torch.zeros(5, dtype=torch.long)
+    summed = ALFOLoss(10, MARKET_WIDTHS, use_gpu=False)(outputs, pids, attrs)
+    mean = ALFOLoss(10, MARKET_WIDTHS, attr_reduction='mean', use_gpu=False)(outputs, pids, attrs)
+    assert mean.attr.item() == (summed.attr / 27).item()
+    assert torch.equal(mean.per_attribute, summed.per_attribute)
+    assert mean.total.item() == pytest.approx((summed.id + summed.attr / 27).item(), rel=1e-7)
+    attrs[0, 7] = -1  # attribute 7 unknown in the batch: the mean runs over the other 26
+    mean = ALFOLoss(10, MARKET_WIDTHS, attr_reduction='mean', use_gpu=False)(outputs, pids, attrs)
+    summed = ALFOLoss(10, MARKET_WIDTHS, use_gpu=False)(outputs, pids, attrs)
+    assert mean.attr.item() == (summed.attr / 26).item()
+
+
+def test_unknown_attribute_reduction_is_refused():
+    with pytest.raises(ConfigError, match="attr_reduction must be one of .*'median'"):
+        ALFOLoss(10, MARKET_WIDTHS, attr_reduction='median', use_gpu=False)
 
 
 def test_alfo_loss_without_focal_is_half_cross_entropy():

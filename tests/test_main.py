@@ -1,6 +1,7 @@
 """tools/main.py and tools/compare.py end to end, as a user runs them."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,21 +56,30 @@ def test_run_writes_metrics_checkpoint_and_logs(runs, name):
     assert ('attributes' in reid) == (name == 'alfo')
 
 
-def test_eval_only_reproduces_the_final_test(runs, toy_root, tmp_path):
-    trained = metrics(runs['alfo'])['results']['market1501_attr']
+def test_eval_only_reproduces_the_final_test_in_its_own_folder(runs, toy_root, tmp_path):
+    run = tmp_path / 'alfo'
+    shutil.copytree(runs['alfo'], run)
+    before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
+    trained = metrics(run)['results']['market1501_attr']
     main = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
-                   *TINY, 'data.save_dir', tmp_path, 'test.evaluate', 'True',
-                   'model.load_weights', runs['alfo'] / 'model' / 'model.pth.tar-1')
+                   *TINY, 'data.save_dir', run, 'test.evaluate', 'True',
+                   'model.load_weights', run / 'model' / 'model.pth.tar-1')
     assert main.returncode == 0, main.stderr[-3000:]
-    again = metrics(tmp_path)['results']['market1501_attr']
+    evaluation = run / 'eval-model.pth.tar-1'
+    result = metrics(evaluation)
+    again = result['results']['market1501_attr']
     assert again['rank1'] == pytest.approx(trained['rank1'], abs=1e-6)
     assert again['mAP'] == pytest.approx(trained['mAP'], abs=1e-6)
     assert again['attributes']['mA'] == pytest.approx(trained['attributes']['mA'], abs=1e-6)
-    assert (tmp_path / 'test.log').is_file()
+    assert result['epochs'] == 1 and again['epoch'] == 1
+    assert 'evaluate: true' in (evaluation / 'config.yaml').read_text()
+    assert (evaluation / 'test.log').is_file()
+    # what training wrote is untouched
+    assert {p: p.read_bytes() for p in before} == before
+    assert 'evaluate: false' in (run / 'config.yaml').read_text()
 
 
 def test_resume_continues_at_the_next_epoch(runs, toy_root, tmp_path):
-    import shutil
     run = tmp_path / 'alfo'
     shutil.copytree(runs['alfo'], run)
     proc = train('alfo_toy.yaml', toy_root, run, 'train.max_epoch', '2', 'train.resume', 'True')

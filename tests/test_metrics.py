@@ -232,6 +232,23 @@ def test_attribute_metrics_by_hand():
     assert m['mean_group_accuracy'] == pytest.approx((3 / 4 + 2 / 4 + 2 / 3 + 0) / 4)
 
 
+def test_a_colour_group_prediction_of_any_positive_colour_is_right():
+    # s0 wears red and blue: its predicted colour (blue, from the hard labels
+    # and from P(yes) .55) is one of them; s1 wears blue only.
+    target = TOY_TARGET.copy()
+    target[0, 4] = 1
+    # s1's hard labels predict no colour, so the group's first colour (red): wrong
+    m = attribute_metrics(TOY_PRED, target, TOY_SCHEMA)
+    assert m['group_accuracy']['upper_colour'] == pytest.approx(1 / 2)
+    m = attribute_metrics(TOY_PRED, target, TOY_SCHEMA, probs=TOY_PROBS)
+    assert m['group_accuracy']['upper_colour'] == pytest.approx(1.0)
+    # green, predicted from P(yes) of a sample wearing red and blue, is wrong
+    probs = [p.copy() for p in TOY_PROBS]
+    probs[5][0] = 0.99
+    m = attribute_metrics(TOY_PRED, target, TOY_SCHEMA, probs=probs)
+    assert m['group_accuracy']['upper_colour'] == pytest.approx(1 / 2)
+
+
 def test_colour_groups_use_probabilities_when_given():
     # s0: P(yes) red .45 < blue .55 -> blue (wrong); s1: blue .4 is highest -> right.
     m = attribute_metrics(TOY_PRED, TOY_TARGET, TOY_SCHEMA, probs=TOY_PROBS)

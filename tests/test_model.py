@@ -126,7 +126,7 @@ def test_duke_schema_and_stride_2():
     ({'last_stride': 3}, r'last_stride must be one of \(1, 2\), got 3'),
     ({'feature': 'parts'}, r"feature must be one of .*'parts'"),
     ({'attr_pred': 'max'}, r"attr_pred must be one of .*'max'"),
-    ({'loss': 'triplet'}, r"loss must be one of \('softmax',\), got 'triplet'"),
+    ({'loss': 'arcface'}, r"loss must be one of \('softmax', 'triplet'\), got 'arcface'"),
     ({'global_branch': False, 'local_branch': False}, 'both off'),
 ])
 def test_bad_options_are_config_errors(kwargs, message):

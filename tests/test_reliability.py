@@ -1,6 +1,7 @@
 """Crash safety: atomic checkpoints, exact resume after SIGKILL, bad inputs."""
 import io
 import json
+import os
 import runpy
 import shutil
 import signal
@@ -13,9 +14,9 @@ from unittest import mock
 import pytest
 import torch
 
-from alfo_torchreid import atomic, checkpoints
+from alfo_torchreid import atomic, checkpoints, compat
 from alfo_torchreid.attributes import DUKE_SCHEMA
-from alfo_torchreid.errors import CheckpointError
+from alfo_torchreid.errors import CheckpointError, TrainingError
 from alfo_torchreid.toy import write_attribute_mat
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +82,12 @@ def _history(save_dir):
 
 
 def _kill_after_epoch(proc, save_dir, epoch, timeout=300):
-    """SIGKILLs ``proc`` once its ``epoch`` checkpoint is on disk."""
-    history, latest = save_dir / 'history.jsonl', save_dir / 'model' / 'latest.pth.tar'
+    """SIGKILLs ``proc`` once its ``epoch`` checkpoint is on disk (the engine
+    writes an epoch's history line after its checkpoint)."""
+    history = save_dir / 'history.jsonl'
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if history.exists() and len(history.read_text().splitlines()) >= epoch \
-                and latest.exists() and latest.stat().st_mtime >= history.stat().st_mtime:
+        if history.exists() and len(history.read_text().splitlines()) >= epoch:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return
@@ -280,3 +281,201 @@ def test_a_config_value_out_of_range_is_one_line(opts, expected, toy_root, tmp_p
     status, err = _run_main(capsys, toy_root, tmp_path, *opts)
     assert status == 2
     assert len(err) == 1 and expected in err[0], err
+
+
+# -- a finished run, and what resuming it may and may not do ---------------------
+
+TINY = ['train.max_epoch', '1', 'train.batch_size', '16', 'test.batch_size', '64',
+        'train.print_freq', '100']
+
+
+@pytest.fixture(scope='module')
+def finished_run(toy_root, tmp_path_factory):
+    """A one-epoch toy ALFO run, trained in-process."""
+    run = tmp_path_factory.mktemp('finished') / 'run'
+    status = MAIN(['--config-file', str(REPO / 'configs' / 'alfo_toy.yaml'), '--root',
+                   str(toy_root), 'data.save_dir', str(run), *TINY])
+    assert status == 0
+    return run
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob('*') if p.is_file()}
+
+
+def _copy_run(finished_run, tmp_path):
+    run = tmp_path / 'run'
+    shutil.copytree(finished_run, run)
+    return run
+
+
+def _main(capsys, toy_root, run, *opts):
+    status = MAIN(['--config-file', str(REPO / 'configs' / 'alfo_toy.yaml'), '--root',
+                   str(toy_root), 'data.save_dir', str(run), *TINY, *map(str, opts)])
+    out = capsys.readouterr()
+    return status, out.out, out.err.strip().splitlines()
+
+
+def test_a_checkpoint_with_non_finite_buffers_is_never_written(tmp_path):
+    path = tmp_path / 'model' / 'latest.pth.tar'
+    model = torch.nn.BatchNorm1d(4)
+    checkpoints.save_training_state({'state_dict': model.state_dict(), 'epoch': 1}, path)
+    before = path.read_bytes()
+    model.running_var[2] = float('nan')  # what a diverging SGD step leaves in BatchNorm
+    with pytest.raises(TrainingError, match=r"model's running_var became NaN or infinite at "
+                                            r'epoch 2: training stopped without writing'):
+        checkpoints.save_training_state({'state_dict': model.state_dict(), 'epoch': 2}, path)
+    assert path.read_bytes() == before
+
+
+def test_a_disk_that_fails_while_saving_is_one_error_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / 'latest.pth.tar'
+    checkpoints.save_training_state({'state_dict': {'w': torch.ones(3)}, 'epoch': 1}, path)
+    with mock.patch.object(checkpoints, 'atomic_save',
+                           side_effect=RuntimeError('PytorchStreamWriter failed writing file')), \
+            pytest.raises(CheckpointError, match=r'could not write checkpoint ".*latest.pth.tar" '
+                                                 r'\(PytorchStreamWriter failed writing file\); '
+                                                 r'the previous file'):
+        checkpoints.save_training_state({'state_dict': {'w': torch.zeros(3)}, 'epoch': 2}, path)
+    assert checkpoints.load_checkpoint(path)['epoch'] == 1
+
+
+def test_resuming_with_nothing_to_train_says_so_and_changes_no_file(finished_run, toy_root,
+                                                                    tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    before = _snapshot(run)
+    status, out, err = _main(capsys, toy_root, run, 'train.resume', 'True')
+    assert status == 0 and not err
+    assert ('Nothing to train: the run in' in out and 'is at epoch 1 and train.max_epoch is 1; '
+            'no file was changed' in out)
+    assert _snapshot(run) == before
+
+
+def test_a_new_run_in_a_folder_holding_a_run_is_refused(finished_run, toy_root, tmp_path,
+                                                       capsys):
+    run = _copy_run(finished_run, tmp_path)
+    before = _snapshot(run)
+    status, _, err = _main(capsys, toy_root, run)
+    assert status == 2 and len(err) == 1
+    assert f'run folder "{run}" already holds a run' in err[0] and 'train.resume True' in err[0]
+    assert _snapshot(run) == before
+
+
+def test_resume_takes_the_configs_learning_rate_drops_a_torn_line_and_cleans_partial_files(
+        finished_run, toy_root, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    assert (run / '.lock').read_text().isdigit()  # left by a process that has ended: no block
+    with open(run / 'history.jsonl', 'a') as f:
+        f.write('{"epoch": 2, "lr": 0.0')  # a write cut short by a crash
+    stale = run / 'model' / '.latest.pth.tar.0123456789ab.part'
+    stale.write_bytes(b'half a checkpoint')
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    with pytest.warns(UserWarning, match='dropped its last line'):
+        status, out, err = _main(capsys, toy_root, run, 'train.resume', 'True',
+                                 'train.max_epoch', '2', 'train.lr', '0.0001')
+    assert status == 0, err
+    assert ("Resume: the config's learning rate 0.0001 replaces the checkpoint's 0.001 for "
+            'parameter group 0' in out)
+    latest = checkpoints.load_checkpoint(run / 'model' / 'latest.pth.tar')
+    assert latest['epoch'] == 2
+    assert latest['optimizer']['param_groups'][0]['initial_lr'] == pytest.approx(1e-4)
+    lines = (run / 'history.jsonl').read_text().splitlines()
+    assert [json.loads(line)['epoch'] for line in lines] == [1, 2]
+    assert not stale.exists() and 'Removed 1 unfinished file' in out
+    assert json.loads((run / 'metrics.json').read_text())['epochs'] == 2
+
+
+@pytest.mark.parametrize('opts, expected', [
+    (['train.optim', 'sgd'], 'was saved by another optimizer setup'),
+    (['train.staged_lr', 'True'], 'was saved by another optimizer setup'),
+])
+def test_resuming_with_another_optimizer_setup_is_one_line(finished_run, toy_root, tmp_path,
+                                                           capsys, opts, expected):
+    run = _copy_run(finished_run, tmp_path)
+    before = _snapshot(run)
+    status, _, err = _main(capsys, toy_root, run, 'train.resume', 'True', 'train.max_epoch', '2',
+                           *opts)
+    assert status == 2 and len(err) == 1 and expected in err[0], err
+    assert 'model.load_weights' in err[0]
+    assert _snapshot(run) == before
+
+
+def test_resuming_from_a_bare_state_dict_is_one_line(finished_run, toy_root, tmp_path, capsys):
+    weights = tmp_path / 'weights.pth'
+    torch.save(checkpoints.load_checkpoint(finished_run / 'model' / 'latest.pth.tar')
+               ['state_dict'], weights)
+    status, _, err = _main(capsys, toy_root, tmp_path / 'new', 'model.resume', weights)
+    assert status == 2 and len(err) == 1
+    assert f'checkpoint "{weights}" is not a training checkpoint' in err[0]
+    assert f'use model.load_weights "{weights}"' in err[0]
+
+
+def test_a_second_run_on_a_locked_folder_names_the_holder(finished_run, toy_root, tmp_path,
+                                                         capsys):
+    from alfo_torchreid.run_folder import RunFolder
+    run = _copy_run(finished_run, tmp_path)
+    with RunFolder(run):
+        status, _, err = _main(capsys, toy_root, run, 'train.resume', 'True',
+                               'train.max_epoch', '2')
+    assert status == 2 and len(err) == 1
+    assert err[0] == (f'error: run folder "{run}" is in use by another run (pid {os.getpid()}): '
+                      'wait for it to end, or give this run another data.save_dir')
+
+
+@pytest.mark.parametrize('save_dir, expected', [
+    (lambda tmp: '', 'data.save_dir is empty'),
+    (lambda tmp: tmp / 'a_file', 'cannot use'),
+    (lambda tmp: tmp / 'a_file' / 'under', 'cannot use'),
+    (lambda tmp: Path('/proc/alfo-run'), 'cannot use'),  # a file system that refuses
+])
+def test_a_run_folder_that_cannot_be_written_is_one_line(toy_root, tmp_path, capsys, save_dir,
+                                                        expected):
+    (tmp_path / 'a_file').write_text('x')
+    status, _, err = _main(capsys, toy_root, save_dir(tmp_path))
+    assert status == 2 and len(err) == 1 and expected in err[0], err
+
+
+def test_an_image_too_large_for_pillow_is_one_error(tmp_path):
+    from PIL import Image
+    from alfo_torchreid.errors import ImageReadError
+    path = tmp_path / '0001_c1s1_000001_00.jpg'
+    Image.new('RGB', (64, 128)).save(path)
+    with mock.patch.object(Image, 'MAX_IMAGE_PIXELS', 1000), \
+            pytest.raises(ImageReadError, match=f'image "{path}" cannot be read'):
+        compat.read_image(str(path))
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line(toy_root, tmp_path, capsys):
+    root = _copy_tree(toy_root, tmp_path)
+    image = _not_an_image(root)
+    status, out, err = _main(capsys, root, tmp_path / 'run', 'data.workers', '1')
+    assert status == 2 and len(err) == 1, err
+    assert err[0].startswith('error: image "') and image in err[0]
+    assert 'Traceback' not in out + '\n'.join(err)
+
+
+def test_sigint_during_training_exits_130_and_keeps_the_checkpoint(toy_root, tmp_path):
+    run = tmp_path / 'run'
+    proc = _start(toy_root, run)
+    history, latest = run / 'history.jsonl', run / 'model' / 'latest.pth.tar'
+    deadline = time.time() + 300
+    while not (history.exists() and latest.exists()) and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output[-2000:]
+    assert 'interrupted: what was saved is kept' in output and 'Traceback' not in output
+    assert checkpoints.load_checkpoint(latest)['epoch'] >= 1
+
+
+def test_snapshots_hold_the_weights_alone_and_latest_the_whole_state(finished_run):
+    snapshot_path = finished_run / 'model' / 'model.pth.tar-1'
+    latest_path = finished_run / 'model' / 'latest.pth.tar'
+    snapshot, latest = (checkpoints.load_checkpoint(p) for p in (snapshot_path, latest_path))
+    assert set(snapshot) == {'state_dict', 'epoch', 'rank1', 'signature'}
+    assert {'optimizer', 'scheduler', 'rng'} <= set(latest)
+    for name, tensor in snapshot['state_dict'].items():
+        assert torch.equal(tensor, latest['state_dict'][name]), name
+    # Adam keeps two moments per parameter: the snapshot is about a third of latest
+    assert snapshot_path.stat().st_size < 0.4 * latest_path.stat().st_size

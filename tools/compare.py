@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Compare finished runs (or run configs first) in one table and two plots.
 
     python tools/compare.py log/alfo_market log/pcb_market --out log/comparison

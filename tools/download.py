@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Fetch the files that can be fetched, and show where the others go.
 
     python tools/download.py --root reid-data           # attribute annotations, both datasets

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Train and evaluate ALFO, or a torchreid baseline, with torchreid's loop.
 
 Used like torchreid's ``scripts/main.py``::

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Writes the toy Market-1501 / DukeMTMC-reID (see ``alfo_torchreid.toy``).
 
     python tools/make_toy_dataset.py --root reid-data --dataset all
@@ -7,7 +8,7 @@ then point torchreid (``data.root``) at ``--root``.
 import argparse
 import sys
 
-from alfo_torchreid.errors import AlfoError
+from alfo_torchreid.errors import run_command
 from alfo_torchreid.toy import LAYOUTS, make_toy_dataset
 
 # Counts that exist in one of the real sets only.
@@ -44,17 +45,18 @@ def parse_args(argv=None):
 def main(argv=None):
     args = vars(parse_args(argv))
     root, which = args.pop('root'), args.pop('dataset')
-    for dataset in (LAYOUTS if which == 'all' else [which]):
-        kwargs = dict(args)
-        if which == 'all':  # give each dataset only the counts it has
-            for other in set(DATASET_ONLY) - {dataset}:
-                for key in DATASET_ONLY[other]:
-                    kwargs.pop(key)
-        try:
+
+    def make_all():
+        for dataset in (LAYOUTS if which == 'all' else [which]):
+            kwargs = dict(args)
+            if which == 'all':  # give each dataset only the counts it has
+                for other in set(DATASET_ONLY) - {dataset}:
+                    for key in DATASET_ONLY[other]:
+                        kwargs.pop(key)
             print(make_toy_dataset(root, dataset, **kwargs).summary())
-        except AlfoError as exc:
-            sys.exit(f'error: {exc}')
+
+    return run_command(make_all)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""ALFO: attribute-local feature overlap network (METHOD.md, "The network").
+"""ALFO: attribute-local feature overlap network (docs/method.md, "The network").
 
 torchreid's ResNet-50 backbone with two branches on its 2048-channel map:
 
@@ -44,9 +44,12 @@ class ALFOOutputs(NamedTuple):
         the attributes' logit widths, schema order; split them per attribute with
         :func:`alfo_torchreid.losses.split_attribute_logits`); None without the
         local branch.
+    features: ``[B, D]`` the retrieval feature, as in eval mode (what a metric
+        loss such as the triplet loss trains).
     """
     id_logits: Optional[torch.Tensor]
     attr_logits: Optional[torch.Tensor]
+    features: Optional[torch.Tensor] = None
 
 
 class StripeAttributeHeads(nn.Module):
@@ -83,8 +86,10 @@ class ALFO(compat.ResNet):
     Args:
         num_classes: training identities (size of the identity classifier).
         schema: the :class:`~alfo_torchreid.attributes.AttributeSchema` of the heads.
-        loss: torchreid's loss name; only ``'softmax'`` (the ALFO loss is
-            :class:`alfo_torchreid.losses.ALFOLoss`).
+        loss: torchreid's loss name, ``'softmax'`` or ``'triplet'``; the output
+            is the same for both (:class:`ALFOOutputs` carries the retrieval
+            features a triplet loss needs), the losses are
+            :class:`alfo_torchreid.losses.ALFOLoss`'s.
         last_stride: stride of ResNet's last stage, 1 (a 16x8 map for 256x128
             inputs) or 2 (8x4).
         num_parts: stripes ``P``. stripe_height, stripe_stride: override the
@@ -97,7 +102,7 @@ class ALFO(compat.ResNet):
         attr_pred: ``'voted'`` reads each attribute from the stripe that won
             most votes in training (the mean rule for attributes never voted
             on); ``'mean'`` averages the stripes' probabilities.
-        global_branch, local_branch: the ablation switches of METHOD.md Table 1.
+        global_branch, local_branch: the ablation switches of docs/method.md (Table 1).
             Without the global branch the model is trained by the attribute
             loss alone; without the local branch it has no attribute heads.
         pretrained: False; True for torchreid's ImageNet ResNet-50 weights; or
@@ -111,7 +116,7 @@ class ALFO(compat.ResNet):
                  feature=None, attr_pred='voted', global_branch=True, local_branch=True,
                  pretrained=False):
         feature = feature or ('global' if global_branch else 'local')
-        _check_choice('loss', loss, ('softmax',))
+        _check_choice('loss', loss, ('softmax', 'triplet'))
         _check_choice('last_stride', last_stride, (1, 2))
         _check_choice('feature', feature, FEATURES)
         _check_choice('attr_pred', attr_pred, ATTR_PRED)
@@ -172,13 +177,13 @@ class ALFO(compat.ResNet):
         fmap = self.featuremaps(x)
         if not self.training:
             return self.retrieval_feature(*self.pool(fmap, stripes=self.feature != 'global'))
-        whole, stripes = self.pool(fmap, stripes=self.local_branch)
+        whole, stripes = self.pool(fmap, stripes=self.local_branch or self.feature != 'global')
         id_logits = attr_logits = None
         if self.global_branch:
             id_logits = self.classifier(whole)
         if self.local_branch:
             attr_logits = self.attribute_heads(stripes)
-        return ALFOOutputs(id_logits, attr_logits)
+        return ALFOOutputs(id_logits, attr_logits, self.retrieval_feature(whole, stripes))
 
     def retrieval_feature(self, whole, stripes):
         """Global ``[B, C]`` and stripes ``[B, P, C]`` -> ``[B, D]`` retrieval

@@ -1,4 +1,4 @@
-"""Overlapping horizontal stripes of a feature map (METHOD.md, "Stripe geometry").
+"""Overlapping horizontal stripes of a feature map (docs/method.md, "Stripe geometry").
 
 ALFO cuts the backbone's feature map ``[B, C, H, W]`` into ``P`` horizontal
 stripes of equal height ``h`` whose tops are ``s`` rows apart, so that the

@@ -1,0 +1,138 @@
+"""A run folder (``data.save_dir``) that one run owns at a time.
+
+:class:`RunFolder` creates the folder, takes an advisory ``fcntl`` lock on
+``<folder>/.lock`` for the run's lifetime (the OS releases it when the
+process ends, killed or not, so a dead run never blocks the next; a second
+run on a locked folder is refused, naming the holder's pid), and removes the
+hidden ``.part`` files that a run killed while saving left behind.
+
+:func:`read_history` reads ``history.jsonl``, dropping a torn last line.
+"""
+import fcntl
+import glob
+import json
+import os
+import os.path as osp
+import time
+import warnings
+
+from alfo_torchreid.atomic import write_file
+from alfo_torchreid.errors import RunFolderError
+
+LOCK = '.lock'
+HISTORY = 'history.jsonl'
+
+
+class RunFolderInUse(RunFolderError):
+    """Another live process holds the run folder."""
+
+
+class RunFolder:
+    """Owns ``path`` while the ``with`` block runs.
+
+    Raises (on entering):
+        RunFolderError: ``path`` is empty, cannot be created or written to.
+        RunFolderInUse: another run holds the lock.
+    """
+
+    def __init__(self, path):
+        if not str(path).strip():
+            raise RunFolderError('data.save_dir is empty: name the folder the run writes to')
+        self.path = osp.abspath(osp.expanduser(str(path)))
+        self._lock = None
+
+    def __enter__(self):
+        started = time.time()
+        self._lock = self._acquire()
+        self.remove_stale_partial_files(before=started)
+        return self
+
+    def __exit__(self, *exc_info):
+        # closing the descriptor releases the lock; the file stays (harmless)
+        self._lock.close()
+
+    def _acquire(self):
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            lock = open(osp.join(self.path, LOCK), 'a+')
+        except OSError as exc:
+            raise RunFolderError(f'cannot use "{self.path}" as the run folder (data.save_dir): '
+                              f'{exc.strerror or exc}') from None
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or 'unknown'
+            lock.close()
+            raise RunFolderInUse(
+                f'run folder "{self.path}" is in use by another run (pid {holder}): wait for '
+                'it to end, or give this run another data.save_dir') from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        return lock
+
+    def remove_stale_partial_files(self, before):
+        """Removes ``.*.part`` files (:class:`alfo_torchreid.atomic.PartialFile`)
+        last written before ``before`` (seconds since the epoch): a run holding
+        the folder writes only its own, so older ones belong to a dead run.
+
+        Returns:
+            list of the removed paths.
+        """
+        removed = []
+        for path in glob.glob(osp.join(self.path, '**', '.*.part'), recursive=True):
+            try:
+                if osp.getmtime(path) < before:
+                    os.remove(path)
+                    removed.append(path)
+            except FileNotFoundError:
+                pass
+        if removed:
+            print(f'Removed {len(removed)} unfinished file(s) of an interrupted save: '
+                  f'{", ".join(osp.relpath(p, self.path) for p in removed)}')
+        return removed
+
+
+def read_history(save_dir):
+    """The per-epoch records of ``<save_dir>/history.jsonl`` (the last record of each
+    epoch, in epoch order).
+
+    A last line cut short by a crash is dropped with a warning (the epoch it
+    described is trained again on resume); a bad line elsewhere is an error.
+
+    Raises:
+        RunFolderError: a line other than the last is not a JSON record.
+    """
+    path = osp.join(save_dir, HISTORY)
+    if not osp.isfile(path):
+        return []
+    with open(path, 'rb') as f:
+        lines = f.read().decode('utf-8', errors='replace').splitlines()
+    by_epoch = {}
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            by_epoch[int(record['epoch'])] = record
+        except (ValueError, KeyError, TypeError):
+            if number < len(lines):
+                raise RunFolderError(f'"{path}" line {number} is not a history record '
+                                  f'({line[:60]!r}); the file is damaged') from None
+            warnings.warn(f'"{path}": dropped its last line, cut short by an interrupted '
+                          f'write ({line[:60]!r})')
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def drop_torn_last_line(save_dir):
+    """Removes a torn last line of ``history.jsonl`` before a resumed run appends
+    to it (atomically), so that the file is whole JSON lines again."""
+    path = osp.join(save_dir, HISTORY)
+    if not osp.isfile(path):
+        return
+    with open(path, 'rb') as f:
+        data = f.read()
+    if not data or data.endswith(b'\n'):
+        return
+    write_file(path, data[:data.rfind(b'\n') + 1])
+    warnings.warn(f'"{path}": dropped its last line, cut short by an interrupted write')
