@@ -21,6 +21,12 @@ setup(
         'tensorboard',
         'matplotlib',
         'Pillow',
+        'tqdm',
     ],
-    extras_require={'test': ['pytest', 'hypothesis']},
+    extras_require={
+        'faiss': ['faiss-cpu'],  # FAISS search backends of tools/search.py
+        'export': ['onnx', 'onnxruntime'],  # tools/export.py --format onnx
+        # CI tests the optional backends too
+        'test': ['pytest', 'hypothesis', 'faiss-cpu', 'onnx', 'onnxruntime'],
+    },
 )

@@ -6,6 +6,7 @@ renamed over the destination; the folder is fsynced so that the rename itself
 survives a crash. If anything fails before the rename, the temporary file (and
 any folder made for it) is removed and the destination is left as it was.
 """
+import contextlib
 import os
 import secrets
 
@@ -89,12 +90,20 @@ def _missing_folders(folder):
     return missing[::-1]
 
 
-def write_file(dest, data):
-    """Writes ``data`` (bytes) to ``dest`` through a :class:`PartialFile`."""
+@contextlib.contextmanager
+def replacing(dest):
+    """A binary file to write in a ``with`` block; it becomes ``dest`` (synced,
+    renamed) when the block ends without an error, and is removed otherwise."""
     with PartialFile(dest) as partial:
-        partial.file.write(data)
+        yield partial.file
         partial.sync()
         partial.replace()
+
+
+def write_file(dest, data):
+    """Writes ``data`` (bytes) to ``dest`` through a :class:`PartialFile`."""
+    with replacing(dest) as f:
+        f.write(data)
 
 
 def fsync_folder(folder):

@@ -27,6 +27,21 @@ from alfo_torchreid.errors import AttributeFileError
 
 UNKNOWN = -1
 
+# The classes of the attributes whose annotators' README names them other
+# than no/yes (0-based here: "male(1), female(2)" is 0 male, 1 female). The
+# meanings are the same where Market and Duke share a name.
+CLASS_NAMES = {
+    'age': ('young', 'teenager', 'adult', 'old'),
+    'gender': ('male', 'female'),
+    'hair': ('short', 'long'),
+    'up': ('long', 'short'),        # sleeve length
+    'down': ('long', 'short'),      # length of lower-body clothing
+    'clothes': ('dress', 'pants'),  # type of lower-body clothing
+    'top': ('short', 'long'),       # length of upper-body clothing (Duke)
+    'shoes': ('dark', 'light'),     # colour of shoes (Duke)
+}
+BINARY_CLASS_NAMES = ('no', 'yes')
+
 MARKET_UPPER_COLOURS = ('upblack', 'upwhite', 'upred', 'uppurple', 'upyellow',
                         'upgray', 'upblue', 'upgreen')
 MARKET_LOWER_COLOURS = ('downblack', 'downwhite', 'downpink', 'downpurple',
@@ -77,6 +92,25 @@ class AttributeSchema:
         except ValueError:
             raise KeyError(f'{self.dataset} has no attribute {name!r}; it has {list(self.names)}')
 
+    def class_names(self, name):
+        """The names of attribute ``name``'s classes, in label order: no/yes
+        for a binary attribute unless :data:`CLASS_NAMES` names them."""
+        classes = self.num_classes[self.index(name)]
+        names = CLASS_NAMES.get(name, BINARY_CLASS_NAMES if classes == 2 else ())
+        if len(names) != classes:  # an attribute of another annotation: number its classes
+            names = tuple(str(c) for c in range(classes))
+        return names
+
+    def colour_forms(self):
+        """The colour groups as one attribute each: ``{'upcolour': {'red':
+        'upred', ...}, 'downcolour': {...}}``. A group's key is its members'
+        common prefix + ``colour``, each colour its member's name without it."""
+        forms = {}
+        for members in self.colour_groups.values():
+            prefix = os.path.commonprefix(list(members))
+            forms[prefix + 'colour'] = {m[len(prefix):]: m for m in members}
+        return forms
+
     @property
     def binary(self):
         """Indices of the binary attributes, in order."""
@@ -116,6 +150,12 @@ class AttributeSchema:
         return {'dataset': self.dataset, 'names': list(self.names),
                 'num_classes': list(self.num_classes),
                 'colour_groups': {k: list(v) for k, v in self.colour_groups.items()}}
+
+    @classmethod
+    def from_dict(cls, d):
+        """The schema :meth:`to_dict` wrote (e.g. a checkpoint's signature)."""
+        return cls(d['dataset'], tuple(d['names']), tuple(d['num_classes']),
+                   {k: tuple(v) for k, v in d['colour_groups'].items()})
 
 
 _MARKET_NAMES = ('age', 'backpack', 'bag', 'handbag', 'clothes', 'down', 'up',

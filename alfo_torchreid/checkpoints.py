@@ -24,6 +24,7 @@ dataset is refused with a clear message).
   from the run's (one line saying what differs), and lets the config's
   optimizer and schedule settings override the saved ones.
 """
+import hashlib
 import os
 import pickle
 import random
@@ -210,6 +211,21 @@ def check_signature(checkpoint, fpath, num_classes, schema=None):
             f'checkpoint "{fpath}" has the {a["dataset"]} attribute schema '
             f'({len(a["names"])} attributes), the model has the {b.dataset} schema '
             f'({len(b)} attributes)')
+
+
+def weights_digest(state_dict):
+    """sha256 (hex) of a state dict's tensors: names, dtypes, shapes and values.
+
+    Two checkpoints of the same weights (``model.pth.tar-N`` and
+    ``latest.pth.tar`` of the same epoch) have the same digest although their
+    files differ (optimizer, RNG states).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # -- random generators -------------------------------------------------------

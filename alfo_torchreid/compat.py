@@ -7,8 +7,12 @@
 * Checkpoints: torchreid's ``load_checkpoint`` fails on torch >= 2.6; the
   safe loader that replaces it is :func:`alfo_torchreid.checkpoints.load_checkpoint`.
 * Images: torchreid's ``read_image`` loops forever on an unreadable file;
-  :func:`read_image` fails at once and names the file.
+  :func:`read_image` fails at once and names the file. :func:`test_transform`
+  is torchreid's evaluation transform without the lines it prints.
 """
+import contextlib
+import io
+
 import torchreid
 from PIL import Image
 
@@ -45,3 +49,11 @@ def read_image(path):
         raise ImageReadError(
             f'image "{path}" cannot be read ({exc}); expected a complete JPEG or PNG file'
         ) from None
+
+
+def test_transform(height, width, norm_mean, norm_std):
+    """torchreid's evaluation transform (``build_transforms``' second one):
+    PIL image -> resized, normalised ``[3, height, width]`` float tensor."""
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints every step
+        return torchreid.data.transforms.build_transforms(
+            height, width, transforms=None, norm_mean=norm_mean, norm_std=norm_std)[1]

@@ -148,7 +148,8 @@ def get_default_config():
 
 
 def add_alfo_config(cfg):
-    """Adds the ``alfo`` section: stripes, vote, losses and branch switches."""
+    """Adds the ``alfo`` section (stripes, vote, losses and branch switches) and
+    ``test.attr_rerank_weight``."""
     cfg.alfo = CN()
     cfg.alfo.last_stride = 1  # 1 as in PCB: a 16x8 map for 256x128 input
     cfg.alfo.num_parts = 6  # the paper found 6 stripes best
@@ -173,6 +174,10 @@ def add_alfo_config(cfg):
     cfg.alfo.attr_file = CN()
     cfg.alfo.attr_file.market1501_attr = ''
     cfg.alfo.attr_file.dukemtmcreid_attr = ''
+    # > 0: the test ranks by re-ID distance + this x the query's median distance x
+    # the attribute disagreement (attribute_match.attribute_reranked), as
+    # tools/search.py --attr-weight does; 0: torchreid's ranking
+    cfg.test.attr_rerank_weight = 0.0
     return cfg
 
 
@@ -369,6 +374,7 @@ SCHEMA = {
     'test.start_eval': at_least(0),
     'test.visrank_topk': at_least(1),
     'test.evaluator': one_of(*EVALUATORS),
+    'test.attr_rerank_weight': at_least(0),
     'alfo.last_stride': one_of(1, 2),
     'alfo.num_parts': at_least(1),
     'alfo.stripe_height': at_least(0),
@@ -429,6 +435,10 @@ def check_config(cfg):
             f'train.batch_size {cfg.train.batch_size} is not a multiple of '
             f'sampler.num_instances {cfg.sampler.num_instances} (RandomIdentitySampler takes '
             f'that many images of each identity)')
+    rerank = cfg.test.attr_rerank_weight
+    if rerank and not (cfg.model.name.startswith('alfo') and a.local_branch):
+        raise ConfigError(f'test.attr_rerank_weight {rerank} needs predicted attributes: '
+                          'model.name alfo or alfo_duke with alfo.local_branch True')
 
 
 def imagedata_kwargs(cfg):

@@ -28,7 +28,8 @@ import torchreid
 from tqdm import tqdm
 
 from alfo_torchreid import checkpoints, compat
-from alfo_torchreid.errors import TrainingError
+from alfo_torchreid.attribute_match import attribute_disagreement, attribute_reranked
+from alfo_torchreid.errors import ConfigError, TrainingError
 from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
 from alfo_torchreid.metrics import attribute_metrics, evaluate_rank, format_attribute_table
 from alfo_torchreid.run_folder import HISTORY
@@ -176,6 +177,7 @@ class ResumableEngineMixin:
             distmat = torchreid.utils.re_ranking(
                 distmat, torchreid.metrics.compute_distance_matrix(qf, qf, dist_metric).numpy(),
                 torchreid.metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
+        distmat = self.ranking_distances(distmat, query, gallery)
         print('Computing CMC and mAP ...')
         cmc, mAP = self._rank(distmat, query, gallery, use_metric_cuhk03)
         print('** Results **')
@@ -230,6 +232,11 @@ class ResumableEngineMixin:
         return evaluate(distmat, query.pids, gallery.pids, query.camids, gallery.camids,
                         use_metric_cuhk03=use_metric_cuhk03)
 
+    def ranking_distances(self, distmat, query, gallery):
+        """Hook: the ``[Q, G]`` distances to rank (and draw with visrank), from
+        torchreid's (ALFO: plus the attribute term of ``test.attr_rerank_weight``)."""
+        return distmat
+
     def _after_ranking(self, dataset_name, query, gallery):
         """Hook for what a model adds to a target's results (ALFO: attributes)."""
 
@@ -257,6 +264,10 @@ class ImageFocalVoteEngine(BaselineEngine):
     Args (beyond :class:`BaselineEngine`'s):
         vote_mode, focal, alpha, gamma, id_weight, attr_weight, attr_reduction,
             triplet_weight, margin: see :class:`alfo_torchreid.losses.ALFOLoss`.
+        attr_rerank_weight: above 0, the test ranks (and visrank draws) by
+            re-ID distance plus this weight times the attribute term of
+            :func:`alfo_torchreid.attribute_match.attribute_reranked`, what
+            ``tools/search.py --attr-weight`` does; 0 leaves torchreid's ranking.
 
     Every batch must carry ``attrs`` (the ``*_attr`` datasets add it).
     """
@@ -264,10 +275,15 @@ class ImageFocalVoteEngine(BaselineEngine):
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
                  label_smooth=True, evaluator='alfo', snapshot_optimizer=False,
                  vote_mode='majority', focal=True, alpha=0.5, gamma=2.0, id_weight=1.0,
-                 attr_weight=1.0, attr_reduction='sum', triplet_weight=0.0, margin=0.3):
+                 attr_weight=1.0, attr_reduction='sum', triplet_weight=0.0, margin=0.3,
+                 attr_rerank_weight=0.0):
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth, evaluator=evaluator,
                          snapshot_optimizer=snapshot_optimizer)
+        if attr_rerank_weight and not self.network.local_branch:
+            raise ConfigError('test.attr_rerank_weight needs attribute heads: this ALFO has '
+                              'no local branch (alfo.local_branch False)')
+        self.attr_rerank_weight = attr_rerank_weight
         self.schema = self.network.schema
         self.criterion = ALFOLoss(
             datamanager.num_train_pids, attribute_logit_widths(self.schema.num_classes),
@@ -321,6 +337,15 @@ class ImageFocalVoteEngine(BaselineEngine):
             return self.extract_features(imgs), None
         features, probs = self.network.features_and_attributes(imgs)
         return features, [p.cpu() for p in probs]
+
+    def ranking_distances(self, distmat, query, gallery):
+        """torchreid's distances plus, with ``attr_rerank_weight``, the attribute
+        term of the query's and gallery's predicted attributes."""
+        if not self.attr_rerank_weight:
+            return distmat
+        disagreement = attribute_disagreement(torch.cat(query.attributes, dim=1),
+                                              torch.cat(gallery.attributes, dim=1), self.schema)
+        return attribute_reranked(distmat, disagreement, self.attr_rerank_weight).numpy()
 
     def _after_ranking(self, dataset_name, query, gallery):
         """Attribute metrics on the gallery images of real identities of the target."""

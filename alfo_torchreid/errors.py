@@ -47,6 +47,15 @@ class TrainingError(AlfoError):
     """Training cannot go on (e.g. a loss became NaN or infinite)."""
 
 
+class SearchError(AlfoError, ValueError):
+    """A gallery index, search filter or query that cannot be used."""
+
+
+class ExportError(AlfoError):
+    """An exported model that does not reproduce PyTorch's outputs, or an
+    export format whose libraries are missing."""
+
+
 def run_command(action, debug=False, interrupted='interrupted: what was saved is kept'):
     """Runs a command-line tool's ``action()`` and returns the tool's exit status.
 

@@ -293,7 +293,8 @@ def build_engine(cfg, datamanager, model, optimizer, scheduler):
     if is_alfo(cfg):
         kwargs = config.alfo_loss_kwargs(cfg)
         kwargs.pop('label_smooth')
-        return ImageFocalVoteEngine(datamanager, model, optimizer, **common, **kwargs)
+        return ImageFocalVoteEngine(datamanager, model, optimizer, **common, **kwargs,
+                                    attr_rerank_weight=cfg.test.attr_rerank_weight)
     if cfg.loss.name == 'triplet':
         return BaselineTripletEngine(datamanager, model, optimizer, margin=triplet.margin,
                                      weight_t=triplet.weight_t, weight_x=triplet.weight_x,

@@ -64,3 +64,11 @@ def market_mat():
 def duke_mat():
     """Path of the real duke_attribute.mat, or skip."""
     return _real_attribute_file('duke_attribute.mat')
+
+
+@pytest.fixture(scope='session')
+def alfo_weights(toy_root, tmp_path_factory):
+    """Checkpoint of an untrained ALFO in a run folder as tools/main.py writes it
+    (see alfo_run.write_run), for the tests of predict, search and export."""
+    from alfo_run import write_run
+    return write_run(tmp_path_factory.mktemp('alfo-run'), toy_root)

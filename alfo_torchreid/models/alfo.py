@@ -147,6 +147,12 @@ class ALFO(compat.ResNet):
             weights.load_weights(self, 'imagenet' if pretrained is True else pretrained)
 
     @property
+    def retrieval_dim(self):
+        """``D``, the size of the retrieval feature (see ``feature``)."""
+        parts = {'global': 1, 'local': self.num_parts, 'global+local': self.num_parts + 1}
+        return self.feature_dim * parts[self.feature]
+
+    @property
     def global_branch(self):
         """Whether the model has the identity classifier."""
         return self.classifier is not None
@@ -222,7 +228,7 @@ class ALFO(compat.ResNet):
         probs = stripe_probs.mean(1)
         if self.attr_pred == 'voted':
             column_stripe = self.winning_stripes()[self.column_attribute]  # [K]
-            index = column_stripe.clamp(min=0).expand(len(probs), 1, -1)
+            index = column_stripe.clamp(min=0).expand(probs.shape[0], 1, -1)
             voted = stripe_probs.gather(1, index).squeeze(1)
             probs = torch.where(column_stripe >= 0, voted, probs)
         return [torch.stack((1 - p.squeeze(1), p.squeeze(1)), dim=1) if w == 1 else p

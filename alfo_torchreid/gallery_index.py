@@ -1,0 +1,223 @@
+"""The gallery index: a gallery's re-ID features and predicted attributes,
+extracted once by a trained ALFO, kept on disk with what identifies that model.
+
+An index folder holds one generation of data files and ``index.json``, which
+names them::
+
+    index.json              format, item count, the model's identity (checkpoint
+                            signature, weights digest, input size and
+                            normalisation, alfo settings), weights and config
+                            paths, search backend
+    features-<gen>.npy      float32 [N, D] retrieval features, L2-normalised when
+                            the run compared normalised features
+    attributes-<gen>.npy    float32 [N, K] attribute probabilities (the layout of
+                            alfo_torchreid.attribute_match)
+    items-<gen>.csv         path, size, mtime_ns: the image of every row
+    ivfpq-<gen>.faiss       the trained FAISS IVF-PQ index (backend faiss-ivfpq)
+
+An update writes a new generation's files, then replaces ``index.json``
+atomically, then removes the old generation: an interrupted update leaves the
+previous index whole. It re-extracts only the images that are new or whose
+size or modification time changed, and drops the rows of images gone from the
+gallery (an IVF-PQ index is trained again on the updated features). A model
+whose identity differs from the index's is refused.
+"""
+import csv
+import io
+import json
+import os
+import os.path as osp
+import re
+import secrets
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+
+from alfo_torchreid.atomic import replacing, write_file
+from alfo_torchreid.attributes import AttributeSchema
+from alfo_torchreid.errors import SearchError
+from alfo_torchreid.inference import Predictions, find_images, predict
+from alfo_torchreid.search import build_ivfpq, default_backend, import_faiss, search_settings
+
+FORMAT = 1
+META_FILE = 'index.json'
+_GENERATION_FILE = re.compile(r'(features|attributes|items|ivfpq)-[0-9a-f]{8}\.(npy|csv|faiss)')
+
+
+@dataclass
+class GalleryIndex:
+    """An index as loaded: ``meta`` is ``index.json``; row ``i`` of
+    ``features`` and ``attributes`` is the image ``paths[i]``, whose size and
+    modification time (ns) at extraction are ``stamps[i]``."""
+    folder: str
+    meta: dict
+    paths: List[str]
+    stamps: List[Tuple[int, int]]
+    features: np.ndarray
+    attributes: np.ndarray
+
+    @property
+    def schema(self):
+        return AttributeSchema.from_dict(self.meta['identity']['signature']['schema'])
+
+    @property
+    def backend(self):
+        return self.meta['backend']['kind']
+
+    def file(self, key):
+        return osp.join(self.folder, self.meta['files'][key])
+
+
+@dataclass
+class UpdateReport:
+    """What :func:`build_index` did: row counts, and the images it could not read."""
+    kept: int
+    added: int
+    changed: int
+    removed: int
+    predictions: Predictions
+
+    def summary(self):
+        return (f'{self.kept} kept, {self.added} added, {self.changed} re-extracted '
+                f'(changed), {self.removed} removed')
+
+
+def has_index(folder):
+    return osp.isfile(osp.join(folder, META_FILE))
+
+
+def load_index(folder, mmap=True):
+    """Reads the index in ``folder``; features and attributes memory-mapped
+    unless ``mmap`` is False.
+
+    Raises:
+        SearchError: no index there, or one that is damaged or of another format.
+    """
+    folder = osp.abspath(osp.expanduser(str(folder)))
+    if not has_index(folder):
+        raise SearchError(f'"{folder}" holds no gallery index ({META_FILE}); build one with '
+                          'tools/search.py index')
+    try:
+        with open(osp.join(folder, META_FILE)) as f:
+            meta = json.load(f)
+        if meta.get('format') != FORMAT:
+            raise SearchError(f'gallery index "{folder}" has format {meta.get("format")!r}; '
+                              f'this version reads format {FORMAT}: rebuild it')
+        paths, stamps = _read_items(osp.join(folder, meta['files']['items']))
+        mode = 'r' if mmap else None
+        arrays = [np.load(osp.join(folder, meta['files'][key]), mmap_mode=mode)
+                  for key in ('features', 'attributes')]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SearchError(f'gallery index "{folder}" is damaged ({exc}): rebuild it') from None
+    if not len(paths) == len(arrays[0]) == len(arrays[1]) == meta['count']:
+        raise SearchError(f'gallery index "{folder}" is damaged: {meta["count"]} items in '
+                          f'{META_FILE}, {len(paths)} paths, {len(arrays[0])} features, '
+                          f'{len(arrays[1])} attribute rows: rebuild it')
+    return GalleryIndex(folder, meta, paths, stamps, *arrays)
+
+
+def _read_items(path):
+    with open(path, newline='') as f:
+        rows = list(csv.reader(f))[1:]
+    return [r[0] for r in rows], [(int(r[1]), int(r[2])) for r in rows]
+
+
+def file_stamp(path):
+    """(size, mtime_ns): what tells that an image file changed."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def check_identity(index, trained):
+    """Raises SearchError in one line when ``trained`` (a
+    :class:`~alfo_torchreid.inference.TrainedALFO`) is not the model that built
+    ``index``: other weights, another checkpoint signature or other settings."""
+    theirs = index.meta['identity']
+    ours = json.loads(json.dumps(trained.identity))  # tuples as lists, as stored
+    if ours == theirs:
+        return
+    differ = [key for key in theirs if theirs[key] != ours.get(key)]
+    raise SearchError(
+        f'gallery index "{index.folder}" was built with other weights or settings than '
+        f'"{trained.weights}" (they differ in {", ".join(differ)}; the index has weights '
+        f'"{index.meta["weights"]}", sha256 {theirs["weights_digest"][:12]}, these '
+        f'{ours["weights_digest"][:12]}): use those weights, or build a new index')
+
+
+def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
+                progress=None):
+    """Creates the index of the images in ``inputs``, or brings an existing one
+    up to date with them.
+
+    Args:
+        folder (str): the index folder.
+        trained (TrainedALFO): the model; an existing index must have been
+            built by the same one (:func:`check_identity`).
+        inputs (list): image files and folders (:func:`~alfo_torchreid.inference.find_images`).
+        backend (str): one of :data:`alfo_torchreid.search.BACKENDS`; None:
+            the existing index's, else :func:`~alfo_torchreid.search.default_backend`.
+
+    Returns:
+        (GalleryIndex, UpdateReport). Unreadable images are left out (named in
+        ``report.predictions.skipped``) and tried again by the next update.
+    """
+    folder = osp.abspath(osp.expanduser(str(folder)))
+    old = load_index(folder) if has_index(folder) else None
+    if old is not None:
+        check_identity(old, trained)
+    paths = find_images(inputs)
+    backend = backend or (old.backend if old is not None else default_backend(len(paths)))
+    search_settings(backend, len(paths))  # refuse a backend before extracting anything
+    stamps = {path: file_stamp(path) for path in paths}
+    old_rows = {} if old is None else {path: row for row, path in enumerate(old.paths)}
+    kept = [old_rows[p] for p in paths if p in old_rows and old.stamps[old_rows[p]] == stamps[p]]
+    kept.sort()
+    kept_paths = {old.paths[row] for row in kept}
+    predictions = predict(trained, [p for p in paths if p not in kept_paths], batch_size,
+                          workers, progress)
+    features = trained.search_features(predictions.features)
+    if old is not None:
+        features = np.concatenate([old.features[kept], features])
+        attributes = np.concatenate([old.attributes[kept], predictions.attributes])
+    else:
+        attributes = predictions.attributes
+    new_paths = predictions.paths if old is None else \
+        [old.paths[row] for row in kept] + predictions.paths
+    meta = {'format': FORMAT, 'count': len(new_paths), 'identity': trained.identity,
+            'weights': trained.weights, 'config': trained.config_file,
+            'backend': {'kind': backend, **search_settings(backend, len(new_paths))}}
+    write_generation(folder, meta, new_paths, [stamps[p] for p in new_paths],
+                     features.astype(np.float32), attributes.astype(np.float32))
+    changed = sum(1 for p in predictions.paths if p in old_rows)
+    report = UpdateReport(kept=len(kept), added=len(predictions.paths) - changed,
+                          changed=changed, removed=len(old_rows) - len(kept) - changed,
+                          predictions=predictions)
+    return load_index(folder), report
+
+
+def write_generation(folder, meta, paths, stamps, features, attributes):
+    """Writes a new generation of the index in ``folder`` (see the module's
+    docstring), ``index.json`` last; then removes the files of older ones."""
+    generation = secrets.token_hex(4)
+    files = {'features': f'features-{generation}.npy',
+             'attributes': f'attributes-{generation}.npy',
+             'items': f'items-{generation}.csv'}
+    for key, array in (('features', features), ('attributes', attributes)):
+        with replacing(osp.join(folder, files[key])) as f:
+            np.save(f, array)
+    items = io.StringIO()
+    writer = csv.writer(items, lineterminator='\n')
+    writer.writerow(['path', 'size', 'mtime_ns'])
+    writer.writerows([path, *stamp] for path, stamp in zip(paths, stamps))
+    write_file(osp.join(folder, files['items']), items.getvalue().encode())
+    if meta['backend']['kind'] == 'faiss-ivfpq':
+        files['ivfpq'] = f'ivfpq-{generation}.faiss'
+        trained_ivfpq = build_ivfpq(features, **meta['backend']['build'])
+        write_file(osp.join(folder, files['ivfpq']),
+                   import_faiss().serialize_index(trained_ivfpq).tobytes())
+    meta = dict(meta, files=files)
+    write_file(osp.join(folder, META_FILE), json.dumps(meta, indent=1).encode())
+    for name in os.listdir(folder):
+        if _GENERATION_FILE.fullmatch(name) and name not in files.values():
+            os.remove(osp.join(folder, name))

@@ -1,0 +1,248 @@
+"""Searching a gallery by appearance and by attributes.
+
+The re-ID distance is the squared Euclidean distance between retrieval
+features (torchreid's ``euclidean`` metric; on L2-normalised features it is
+``2 - 2 cos``, the same ranking as its ``cosine`` one). Three backends find
+the nearest items:
+
+* ``torch``: exact, a matrix-vector product over the whole gallery;
+* ``faiss-flat``: exact, FAISS's ``IndexFlatL2`` (the ``faiss`` extra);
+* ``faiss-ivfpq``: approximate, FAISS's ``IndexIVFPQ`` for large galleries,
+  its shortlist re-scored with the exact features; the default from
+  :data:`AUTO_IVFPQ_ITEMS` images on when FAISS is installed.
+
+:func:`rank_gallery` ranks for one query: only the items whose predicted
+attributes meet a ``--where`` filter (FAISS filters inside the search), and
+re-ranked by :func:`~alfo_torchreid.attribute_match.attribute_reranked` when
+an attribute weight is given.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from alfo_torchreid.attribute_match import (attribute_disagreement, attribute_reranked,
+                                            where_mask)
+from alfo_torchreid.errors import SearchError
+
+BACKENDS = ('torch', 'faiss-flat', 'faiss-ivfpq')
+IVFPQ_MIN_ITEMS = 10000  # FAISS wants >= 39 * 256 points to train 8-bit PQ codebooks
+IVFPQ_REFINE = 10  # IVF-PQ returns this many times the asked-for items, re-scored exactly
+AUTO_IVFPQ_ITEMS = 100000  # where IVF-PQ answers 10x faster than torch (benchmarks/README.md)
+SCALE_SAMPLE = 20000  # gallery items giving a query's median distance (all of Market's)
+
+
+def import_faiss():
+    """The ``faiss`` module, or a one-line error naming the extra that installs it."""
+    try:
+        import faiss
+    except ImportError:
+        raise SearchError('FAISS is not installed: pip install alfo-torchreid[faiss] '
+                          '(the faiss-cpu package), or use the torch backend') from None
+    return faiss
+
+
+def default_backend(count):
+    """The backend for a gallery of ``count`` items: ``faiss-ivfpq`` from
+    :data:`AUTO_IVFPQ_ITEMS` on when FAISS is installed, else ``torch``
+    (exact; for one query it is faster than FAISS's exact ``faiss-flat``,
+    see benchmarks/README.md)."""
+    if count < AUTO_IVFPQ_ITEMS:
+        return 'torch'
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return 'torch'
+    return 'faiss-ivfpq'
+
+
+def search_settings(backend, count):
+    """The settings of ``backend`` for a gallery of ``count`` items.
+
+    IVF-PQ: ``nlist = round(sqrt(count))`` inverted lists, codes of ``m = 64``
+    bytes (8 bits per sub-vector), ``nprobe = 32`` lists visited per query.
+    """
+    if backend not in BACKENDS:
+        raise SearchError(f'unknown search backend {backend!r}; expected one of {list(BACKENDS)}')
+    if backend == 'torch':
+        return {}
+    import_faiss()
+    if backend == 'faiss-flat':
+        return {}
+    if count < IVFPQ_MIN_ITEMS:
+        raise SearchError(f'faiss-ivfpq is for large galleries (at least {IVFPQ_MIN_ITEMS:,} '
+                          f'images; this one has {count:,}): use faiss-flat or torch, both exact')
+    return {'build': {'nlist': int(round(count ** 0.5)), 'm': 64}, 'nprobe': 32}
+
+
+def build_ivfpq(features, nlist, m, train_size=None, seed=0):
+    """A trained FAISS IVF-PQ index of ``features`` ``[N, D]`` (``D`` divisible
+    by ``m``), trained on a random sample of ``train_size`` rows (default
+    ``max(64 * nlist, 39 * 256)``, FAISS's advice for the lists and the 8-bit
+    codebooks)."""
+    faiss = import_faiss()
+    num, dim = features.shape
+    train_size = train_size or max(64 * nlist, 39 * 256)
+    sample = np.sort(np.random.default_rng(seed).permutation(num)[:train_size])
+    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, m, 8)
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(features[sample], dtype=np.float32))
+    for start in range(0, num, 100000):  # in chunks: a memory-mapped gallery stays on disk
+        index.add(np.ascontiguousarray(features[start:start + 100000], dtype=np.float32))
+    return index
+
+
+class TorchSearch:
+    """Exact nearest neighbours with torch.
+
+    Args:
+        features: ``[N, D]`` gallery features, a writable array (float32 and
+            C-contiguous ones are used in place).
+    """
+
+    def __init__(self, features):
+        self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        self.squared_norms = (self.features ** 2).sum(1)
+
+    def nearest(self, query, k, allowed=None):
+        """The ``k`` gallery rows nearest to ``query`` ``[D]`` among the
+        ``allowed`` ones (``[N]`` bool; None: all).
+
+        Returns:
+            (squared distances ``[k']`` float32, rows ``[k']`` int64), nearest
+            first; ``k' < k`` when fewer rows are allowed.
+        """
+        query = torch.from_numpy(np.asarray(query, dtype=np.float32))
+        distances = (self.squared_norms - 2 * (self.features @ query) + query @ query).clamp(min=0)
+        if allowed is not None:
+            distances[~torch.from_numpy(allowed)] = float('inf')
+            k = min(k, int(allowed.sum()))
+        best = distances.topk(min(k, len(distances)), largest=False)
+        return best.values.numpy(), best.indices.numpy()
+
+
+class FaissSearch:
+    """Nearest neighbours with a FAISS index; ``allowed`` rows are filtered
+    inside FAISS's search (an ID selector).
+
+    Args:
+        index: a FAISS ``IndexFlatL2`` (exact) or ``IndexIVFPQ`` (approximate).
+        features: ``[N, D]`` exact features (may be memory-mapped); with IVF-PQ
+            its shortlist of ``IVFPQ_REFINE * k`` items is re-scored with them.
+        nprobe: IVF lists visited per query.
+    """
+
+    def __init__(self, index, features=None, nprobe=None):
+        self.faiss = import_faiss()
+        self.index, self.features, self.nprobe = index, features, nprobe
+        self.ivf = isinstance(index, self.faiss.IndexIVF)
+
+    @classmethod
+    def flat(cls, features):
+        faiss = import_faiss()
+        index = faiss.IndexFlatL2(features.shape[1])
+        for start in range(0, len(features), 100000):
+            index.add(np.ascontiguousarray(features[start:start + 100000], dtype=np.float32))
+        return cls(index)
+
+    def nearest(self, query, k, allowed=None):
+        """As :meth:`TorchSearch.nearest`."""
+        faiss = self.faiss
+        params = faiss.SearchParametersIVF(nprobe=self.nprobe) if self.ivf \
+            else faiss.SearchParameters()
+        if allowed is not None:
+            bitmap = np.packbits(allowed, bitorder='little')  # referenced until the search ends
+            params.sel = faiss.IDSelectorBitmap(bitmap)
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        asked = min(k * IVFPQ_REFINE if self.ivf else k, self.index.ntotal)
+        distances, rows = self.index.search(query, asked, params=params)
+        found = rows[0] >= 0
+        distances, rows = distances[0][found], rows[0][found]
+        if self.ivf and self.features is not None:
+            distances = ((np.asarray(self.features[rows]) - query) ** 2).sum(1, dtype=np.float32)
+            order = np.argsort(distances, kind='stable')
+            distances, rows = distances[order], rows[order]
+        return distances[:k], rows[:k]
+
+
+def open_search(index):
+    """The search object of a :class:`~alfo_torchreid.gallery_index.GalleryIndex`'s backend."""
+    if index.backend == 'torch':
+        return TorchSearch(np.load(index.file('features')))  # in memory, not mapped
+    if index.backend == 'faiss-flat':
+        return FaissSearch.flat(index.features)
+    faiss = import_faiss()
+    with open(index.file('ivfpq'), 'rb') as f:
+        ivfpq = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+    return FaissSearch(ivfpq, index.features, index.meta['backend']['nprobe'])
+
+
+@dataclass
+class Hit:
+    """One ranked gallery item. ``distance`` orders the ranking: the re-ID
+    distance, plus the attribute term when re-ranking."""
+    rank: int
+    row: int
+    path: str
+    distance: float
+    reid_distance: float
+    disagreement: float
+
+
+def query_scale(features, query):
+    """The query's median squared distance to the gallery ``features`` ``[N, D]``
+    (``torch.median``), over :data:`SCALE_SAMPLE` evenly spaced items at most:
+    the ``s_q`` of :func:`~alfo_torchreid.attribute_match.attribute_reranked`."""
+    rows = np.unique(np.linspace(0, len(features) - 1, min(len(features), SCALE_SAMPLE))
+                     .round().astype(np.int64))
+    sample = torch.from_numpy(np.asarray(features[rows], dtype=np.float32))
+    query = torch.from_numpy(np.asarray(query, dtype=np.float32))
+    return float(((sample - query) ** 2).sum(1).median())
+
+
+def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where=None,
+                 attr_weight=0.0):
+    """The ``top`` gallery items for one query.
+
+    Args:
+        index: a :class:`~alfo_torchreid.gallery_index.GalleryIndex`.
+        searcher: its :func:`open_search`.
+        query_feature: ``[D]``, as the index stores features (normalised or not).
+        query_attributes: ``[K]`` the query's attribute probabilities.
+        where: conditions of :func:`~alfo_torchreid.attribute_match.parse_where`;
+            only items whose predicted attributes meet all of them are ranked.
+        attr_weight: >= 0; above 0, items are ranked by the re-ID distance plus
+            ``attr_weight * s_q * A`` (:func:`attribute_reranked`). The nearest
+            items by re-ID distance are re-ranked, more of them until no item
+            left out could enter the top (each item's added term is >= 0), so
+            with an exact backend the result is that of re-ranking the whole
+            gallery.
+
+    Returns:
+        list of :class:`Hit`, best first (fewer than ``top`` when fewer items
+        are allowed).
+    """
+    if attr_weight < 0:
+        raise SearchError(f'--attr-weight must be >= 0, got {attr_weight}')
+    schema = index.schema
+    allowed = None if not where else \
+        where_mask(where, torch.from_numpy(np.array(index.attributes)), schema).numpy()
+    available = len(index.paths) if allowed is None else int(allowed.sum())
+    if available == 0:
+        return []
+    query_attributes = torch.as_tensor(np.asarray(query_attributes)).reshape(1, -1)
+    scale = query_scale(index.features, query_feature) if attr_weight > 0 else 0.0
+    pool = top if attr_weight == 0 else max(4 * top, 100)
+    while True:
+        distances, rows = searcher.nearest(query_feature, pool, allowed)
+        disagreement = attribute_disagreement(
+            query_attributes, torch.from_numpy(np.asarray(index.attributes[rows])), schema)
+        scores = attribute_reranked(torch.from_numpy(distances).reshape(1, -1), disagreement,
+                                    attr_weight, scale=[scale])[0].numpy()
+        order = np.argsort(scores, kind='stable')[:top]
+        complete = pool >= available or len(rows) < pool
+        if attr_weight == 0 or complete or distances[-1] >= scores[order[-1]]:
+            break
+        pool *= 4
+    return [Hit(rank, int(rows[i]), index.paths[rows[i]], float(scores[i]), float(distances[i]),
+                float(disagreement[0, i])) for rank, i in enumerate(order, 1)]

@@ -1,0 +1,93 @@
+"""A run folder as tools/main.py leaves it, holding an untrained ALFO: cheap
+weights for the tests of the tools that use a trained model.
+
+The attribute heads' biases are set so that each stripe's logit is at its
+median over the toy gallery: an untrained ALFO would otherwise predict the same
+attributes for every image, and a filter would keep all or nothing.
+"""
+import contextlib
+import importlib.util
+import io
+from pathlib import Path
+
+import torch
+import torchreid
+
+import alfo_torchreid  # noqa: F401  (registers market1501_attr)
+from alfo_torchreid import compat, config
+from alfo_torchreid.attributes import MARKET_SCHEMA
+from alfo_torchreid.checkpoints import load_checkpoint, state_dict_of
+from alfo_torchreid.engine import ImageFocalVoteEngine
+from alfo_torchreid.models import ALFO
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / 'configs' / 'alfo_toy.yaml'
+
+
+def load_tool(name):
+    """The module of tools/<name>.py, to call its ``main(argv)`` in this process."""
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gallery_dir(toy_root):
+    return Path(toy_root) / 'market1501' / 'Market-1501-v15.09.15' / 'bounding_box_test'
+
+
+def toy_config(toy_root, save_dir, *opts):
+    """configs/alfo_toy.yaml on ``toy_root``, on the CPU."""
+    return config.load_config(str(CONFIG), ['data.root', str(toy_root), 'data.save_dir',
+                                            str(save_dir), 'use_gpu', 'False', *opts])
+
+
+def toy_engine(cfg, weights=None, **kwargs):
+    """ImageFocalVoteEngine over the config's data, with the ALFO of the
+    checkpoint ``weights`` or else an untrained one whose attribute logits are
+    centred on the toy gallery."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        datamanager = torchreid.data.ImageDataManager(**config.imagedata_kwargs(cfg))
+    if weights:
+        model = checkpoint_model(weights)
+    else:
+        torch.manual_seed(0)
+        model = ALFO(datamanager.num_train_pids, schema=datamanager.train_loader.dataset.schema,
+                     **config.alfo_model_kwargs(cfg)).eval()
+        centre_attribute_logits(model, cfg)
+    optimizer = torch.optim.Adam(model.parameters())
+    return ImageFocalVoteEngine(datamanager, model, optimizer, use_gpu=False, **kwargs)
+
+
+def write_run(folder, toy_root):
+    """Writes ``folder/config.yaml`` and ``folder/model/model.pth.tar-1`` the way
+    tools/main.py does (the engine's ``save_model``); returns the checkpoint path."""
+    folder = Path(folder)
+    cfg = toy_config(toy_root, folder)
+    engine = toy_engine(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / 'config.yaml').write_text(cfg.dump())
+    return Path(engine.save_model(0, rank1=None, save_dir=str(folder)))
+
+
+def toy_images(paths):
+    """Image files as the toy config's test transform gives them: ``[N, 3, 128, 64]``."""
+    data = config.load_config(str(CONFIG)).data
+    transform = compat.test_transform(data.height, data.width, data.norm_mean, data.norm_std)
+    return torch.stack([transform(compat.read_image(str(p))) for p in paths])
+
+
+@torch.no_grad()
+def centre_attribute_logits(model, cfg):
+    images = toy_images(sorted(gallery_dir(cfg.data.root).glob('*.jpg')))
+    logits = model.attribute_logits(images)  # [N, P, K]
+    model.attribute_heads.bias -= logits.median(dim=0).values
+
+
+def checkpoint_model(weights):
+    """The checkpoint's eval-mode ALFO (Market schema), built here from its
+    signature: a reference independent of alfo_torchreid.inference."""
+    checkpoint = load_checkpoint(weights)
+    model = ALFO(checkpoint['signature']['num_classes'], schema=MARKET_SCHEMA)
+    model.load_state_dict(state_dict_of(checkpoint))
+    return model.eval()

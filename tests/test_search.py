@@ -1,0 +1,279 @@
+"""The gallery index, search by appearance and attributes, and tools/search.py."""
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alfo_torchreid import gallery_index, inference, rank_grid, search
+from alfo_torchreid.attribute_match import attribute_disagreement, parse_where, where_mask
+from alfo_torchreid.attributes import MARKET_SCHEMA
+from alfo_torchreid.checkpoints import load_checkpoint
+from alfo_torchreid.errors import SearchError
+from alfo_run import gallery_dir, load_tool
+
+try:
+    import faiss  # noqa: F401
+    needs_faiss = pytest.mark.skipif(False, reason='')
+except ImportError:
+    needs_faiss = pytest.mark.skip(reason='the faiss extra (faiss-cpu) is not installed')
+
+
+def run_search(capsys, *args):
+    """tools/search.py's main in this process: (exit status, stdout, stderr)."""
+    status = load_tool('search').main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(scope='module')
+def trained(alfo_weights):
+    return inference.load_trained_alfo(alfo_weights, device='cpu')
+
+
+@pytest.fixture(scope='module')
+def index(trained, toy_root, tmp_path_factory):
+    """A torch-backend index of the toy gallery."""
+    folder = tmp_path_factory.mktemp('index')
+    built, _ = gallery_index.build_index(folder, trained, [gallery_dir(toy_root)], 'torch')
+    return built
+
+
+def columns(name):
+    """The columns of attribute ``name`` in the [N, K] layout, by hand."""
+    start = sum(MARKET_SCHEMA.num_classes[:MARKET_SCHEMA.index(name)])
+    return slice(start, start + MARKET_SCHEMA.num_classes[MARKET_SCHEMA.index(name)])
+
+
+def query_image(toy_root):
+    return sorted((toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query').glob('*.jpg'))[0]
+
+
+def test_query_round_trip_filters_ranks_and_frames(index, trained, toy_root, tmp_path, capsys):
+    query = query_image(toy_root)
+    png = tmp_path / 'grid.png'
+    status, out, err = run_search(capsys, 'query', index.folder, query, '--top', '30',
+                                  '--where', 'gender=female', '--out', png)
+    assert status == 0, err
+    result = json.loads(png.with_suffix('.json').read_text())
+    rows = [hit['row'] for hit in result['hits']]
+    female = index.attributes[:, columns('gender')].argmax(1) == 1
+    assert 0 < female.sum() < len(female)  # the filter has something to do
+    assert sorted(rows) == sorted(np.flatnonzero(female))  # all of them, as top > their count
+    assert all(hit['attributes']['gender'][0] == 'female' for hit in result['hits'])
+    # ranked by squared Euclidean distance to the query's feature
+    feature, _ = inference.predict_image(trained, str(query))
+    distances = ((np.asarray(index.features)[rows] - feature) ** 2).sum(1)
+    np.testing.assert_allclose([h['distance'] for h in result['hits']], distances, rtol=1e-4)
+    assert np.all(np.diff(distances) >= -1e-3 * distances.max())
+    assert f'{len(rows)} results; grid written to "{png}"' in out
+    # frames: green for the query's person, red for others (the file names carry ids)
+    grid = Image.open(png).convert('RGB')
+    query_id = rank_grid.person_id(str(query))
+    cell_height = rank_grid.IMAGE_SIZE[1] + 2 * rank_grid.FRAME + 4 + \
+        rank_grid.CAPTION_LINES * rank_grid.LINE_HEIGHT
+    left = (rank_grid.CELL_WIDTH - rank_grid.IMAGE_SIZE[0]) // 2 - rank_grid.FRAME
+    frames = []
+    for cell, hit in enumerate(result['hits'], 1):
+        x = (cell % rank_grid.MAX_COLUMNS) * rank_grid.CELL_WIDTH + left
+        y = (cell // rank_grid.MAX_COLUMNS) * cell_height
+        pid = rank_grid.person_id(hit['path'])
+        expected = rank_grid.GREY if pid is None else \
+            rank_grid.GREEN if pid == query_id else rank_grid.RED
+        assert grid.getpixel((x + 1, y + 1)) == expected, hit['path']
+        frames.append(expected)
+    assert rank_grid.GREEN in frames and rank_grid.RED in frames
+
+
+def test_colour_group_filter_uses_the_argmax_colour(index):
+    conditions = parse_where('upcolour=blue, backpack=yes', MARKET_SCHEMA)
+    mask = where_mask(conditions, torch.from_numpy(np.array(index.attributes)), MARKET_SCHEMA)
+    colours = list(MARKET_SCHEMA.colour_forms()['upcolour'].values())
+    p_yes = np.stack([index.attributes[:, columns(c)][:, 1] for c in colours], 1)
+    expected = (p_yes.argmax(1) == colours.index('upblue')) & \
+        (index.attributes[:, columns('backpack')].argmax(1) == 1)
+    assert expected.any()
+    assert mask.numpy().tolist() == expected.tolist()
+
+
+def test_a_wrong_attribute_is_a_one_line_error(index, toy_root, capsys):
+    status, _, err = run_search(capsys, 'query', index.folder, query_image(toy_root),
+                                '--where', 'colour=red')
+    assert status == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('error: --where "colour=red" has no attribute "colour"; the '
+                           'market1501 schema has age=young|teenager|adult|old, backpack=no|yes')
+    assert 'gender=male|female' in last and 'upcolour=black|white|red|' in last
+    assert 'upred=no|yes' in last and 'Traceback' not in err
+    with pytest.raises(SearchError, match='gives "gender" the value "yes"'):
+        parse_where('gender=yes', MARKET_SCHEMA)
+    with pytest.raises(SearchError, match='"backpack" is not NAME=VALUE'):
+        parse_where('backpack', MARKET_SCHEMA)
+
+
+def other_weights(weights, folder):
+    """A copy of the run whose weights differ in one value."""
+    shutil.copytree(weights.parent.parent, folder)
+    checkpoint = load_checkpoint(weights)
+    checkpoint['state_dict']['classifier.bias'][0] += 1e-3
+    other = folder / 'model' / weights.name
+    torch.save(checkpoint, other)
+    return other
+
+
+def test_other_weights_are_refused(index, alfo_weights, toy_root, tmp_path, capsys):
+    other = other_weights(alfo_weights, tmp_path / 'other')
+    for args in (['query', index.folder, query_image(toy_root), '--weights', other],
+                 ['index', '--weights', other, gallery_dir(toy_root), '--out', index.folder]):
+        status, _, err = run_search(capsys, *args)
+        assert status == 2
+        assert err.strip().splitlines()[-1].startswith(
+            f'error: gallery index "{index.folder}" was built with other weights or settings '
+            f'than "{other}" (they differ in weights_digest;')
+
+
+def test_update_extracts_only_new_and_changed_images(trained, toy_root, tmp_path, monkeypatch):
+    gallery = tmp_path / 'gallery'
+    gallery.mkdir()
+    for image in sorted(gallery_dir(toy_root).glob('*.jpg'))[:6]:
+        shutil.copy(image, gallery)
+    first, _ = gallery_index.build_index(tmp_path / 'index', trained, [gallery], 'torch')
+    images = sorted(gallery.glob('*.jpg'))
+    removed, changed = images[0], images[1]
+    removed.unlink()
+    os.utime(changed, ns=(1, 1))
+    added = gallery / query_image(toy_root).name
+    shutil.copy(query_image(toy_root), added)
+    extracted = []
+
+    def spy(trained, paths, *args, **kwargs):
+        extracted.extend(paths)
+        return inference.predict(trained, paths, *args, **kwargs)
+
+    monkeypatch.setattr(gallery_index, 'predict', spy)
+    second, report = gallery_index.build_index(tmp_path / 'index', trained, [gallery])
+    assert sorted(extracted) == sorted([str(changed), str(added)])
+    assert (report.kept, report.added, report.changed, report.removed) == \
+        (len(images) - 2, 1, 1, 1)
+    assert set(second.paths) == {str(p) for p in gallery.glob('*.jpg')}
+    old_rows = {p: i for i, p in enumerate(first.paths)}
+    kept = [i for i, p in enumerate(second.paths) if p in old_rows and p != str(changed)]
+    np.testing.assert_array_equal(second.features[kept],
+                                  first.features[[old_rows[second.paths[i]] for i in kept]])
+    assert len(list((tmp_path / 'index').glob('features-*.npy'))) == 1  # old generation gone
+    assert second.backend == 'torch'  # kept from the first build
+
+
+# -- backends, on synthetic features --------------------------------------------
+
+def clustered(num, dim=64, seed=0):
+    """``num`` points around 500 fixed centres (the same for every seed)."""
+    centres = np.random.default_rng(0).standard_normal((500, dim)).astype(np.float32) * 3
+    rng = np.random.default_rng(seed)
+    return (centres[rng.integers(0, len(centres), num)]
+            + rng.standard_normal((num, dim)).astype(np.float32))
+
+
+@needs_faiss
+def test_faiss_flat_and_torch_give_the_same_top_k():
+    features = clustered(5000)
+    queries = clustered(10, seed=1)
+    allowed = np.random.default_rng(2).random(len(features)) < 0.3
+    exact, flat = search.TorchSearch(features), search.FaissSearch.flat(features)
+    for query in queries:
+        for mask in (None, allowed):
+            d_torch, rows_torch = exact.nearest(query, 20, mask)
+            d_faiss, rows_faiss = flat.nearest(query, 20, mask)
+            assert rows_torch.tolist() == rows_faiss.tolist()
+            np.testing.assert_allclose(d_torch, d_faiss, rtol=1e-4)
+            if mask is not None:
+                assert mask[rows_torch].all()
+    brute = ((features - queries[0]) ** 2).sum(1)
+    assert exact.nearest(queries[0], 20)[1].tolist() == np.argsort(brute)[:20].tolist()
+
+
+def synthetic_index(num=3000, dim=64):
+    """A GalleryIndex of synthetic features and attribute probabilities."""
+    rng = np.random.default_rng(3)
+    attributes = np.concatenate([rng.dirichlet(np.full(c, 0.3), num)
+                                 for c in MARKET_SCHEMA.num_classes], 1).astype(np.float32)
+    meta = {'identity': {'signature': {'schema': MARKET_SCHEMA.to_dict()}},
+            'backend': {'kind': 'torch'}}
+    return gallery_index.GalleryIndex('synthetic', meta, [f'{i}.jpg' for i in range(num)],
+                                      [(0, 0)] * num, clustered(num, dim), attributes)
+
+
+@needs_faiss
+def test_attribute_reranking_equals_reranking_the_whole_gallery():
+    index = synthetic_index()
+    query = clustered(1, seed=5)[0]
+    query_attributes = index.attributes[7]
+    distances = ((index.features - query) ** 2).sum(1).astype(np.float64)
+    median = np.sort(distances)[(len(distances) - 1) // 2]
+    by_hand = np.zeros(len(distances))
+    for name in MARKET_SCHEMA.names:
+        cols = columns(name)
+        by_hand += 0.5 * np.abs(index.attributes[:, cols] - query_attributes[cols]).sum(1)
+    by_hand /= len(MARKET_SCHEMA)
+    for weight in (0.5, 3.0):  # 3.0 reaches beyond the first pool of nearest items
+        expected = np.argsort(distances + weight * median * by_hand)[:10]
+        for searcher in (search.TorchSearch(index.features),
+                         search.FaissSearch.flat(index.features)):
+            hits = search.rank_gallery(index, searcher, query, query_attributes, 10,
+                                       attr_weight=weight)
+            assert [h.row for h in hits] == expected.tolist()
+            assert hits[0].disagreement == pytest.approx(by_hand[expected[0]], abs=1e-5)
+    plain = search.rank_gallery(index, search.TorchSearch(index.features), query,
+                                query_attributes, 10)
+    assert [h.row for h in plain] == np.argsort(distances)[:10].tolist()
+    assert [h.row for h in plain] != expected.tolist()
+
+
+def test_disagreement_is_the_mean_total_variation():
+    q = torch.zeros(1, sum(MARKET_SCHEMA.num_classes))
+    g = torch.zeros(2, sum(MARKET_SCHEMA.num_classes))
+    for name in MARKET_SCHEMA.names:
+        cols = columns(name)
+        q[0, cols.start] = 1  # certain of class 0 everywhere
+        g[0, cols.start] = 1  # the same
+        g[1, cols.start + 1] = 1  # certain of class 1 everywhere
+    g[0, columns('age')] = torch.tensor([0.5, 0.5, 0, 0])  # TV 0.5 on one attribute
+    assert attribute_disagreement(q, g, MARKET_SCHEMA).tolist() == \
+        [[pytest.approx(0.5 / 27), pytest.approx(1.0)]]
+
+
+@pytest.fixture
+def one_faiss_thread():
+    """FAISS's OpenMP threads spin when other processes hold the cores."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
+@needs_faiss
+def test_ivfpq_with_exact_rescoring_finds_the_nearest(one_faiss_thread):
+    features = clustered(12000)
+    exact = search.TorchSearch(features)
+    # a small training sample keeps the test fast (FAISS warns that it is small)
+    trained_ivfpq = search.build_ivfpq(features, nlist=50, m=8, train_size=3000)
+    ivfpq = search.FaissSearch(trained_ivfpq, features, nprobe=8)
+    recall = [len(set(exact.nearest(q, 20)[1]) & set(ivfpq.nearest(q, 20)[1])) / 20
+              for q in clustered(20, seed=1)]
+    assert np.mean(recall) >= 0.9, recall
+
+
+@needs_faiss
+def test_backend_choice_names_the_faiss_extra_and_the_ivfpq_minimum(monkeypatch):
+    assert search.default_backend(search.AUTO_IVFPQ_ITEMS - 1) == 'torch'
+    assert search.default_backend(search.AUTO_IVFPQ_ITEMS) == 'faiss-ivfpq'
+    with pytest.raises(SearchError, match='faiss-ivfpq is for large galleries'):
+        search.search_settings('faiss-ivfpq', 500)
+    monkeypatch.setitem(sys.modules, 'faiss', None)  # as if not installed
+    with pytest.raises(SearchError, match=r'pip install alfo-torchreid\[faiss\]'):
+        search.search_settings('faiss-flat', 500)
+    assert search.default_backend(10 ** 6) == 'torch'

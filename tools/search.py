@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Search a gallery by appearance and by predicted attributes with a trained ALFO.
+
+    # extract the gallery once (again later: only new or changed images are extracted)
+    python tools/search.py index --weights log/alfo_market/model/model.pth.tar-60 \\
+        reid-data/market1501/Market-1501-v15.09.15/bounding_box_test --out gallery-index
+    # the 20 nearest crops to a query, only those predicted female with a backpack
+    python tools/search.py query gallery-index query.jpg --top 20 \\
+        --where "gender=female,backpack=yes,upcolour=red"
+    # re-ranked: re-ID distance + attribute disagreement
+    python tools/search.py query gallery-index query.jpg --attr-weight 0.5
+
+A query prints the ranking and writes a PNG grid of the top crops (captioned
+with distance and predicted attributes, true matches framed green when file
+names carry person ids) and the ranking as JSON beside it.
+"""
+import argparse
+import json
+import logging
+import os.path as osp
+import sys
+
+from alfo_torchreid import gallery_index, inference, rank_grid, search
+from alfo_torchreid.attribute_match import format_prediction, named_predictions, parse_where
+from alfo_torchreid.errors import run_command
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n\n', 1)[1])
+    commands = parser.add_subparsers(dest='command', required=True)
+    index = commands.add_parser('index', help='build or update a gallery index')
+    index.add_argument('gallery', nargs='+', help='image files and folders of the gallery')
+    inference.add_model_arguments(index)
+    index.add_argument('--out', required=True, help='the index folder')
+    index.add_argument('--backend', choices=search.BACKENDS, default=None,
+                       help="default: the index's; for a new one faiss-ivfpq from "
+                            f'{search.AUTO_IVFPQ_ITEMS:,} images on when FAISS is '
+                            'installed, else torch')
+    index.add_argument('--batch-size', type=int, default=64)
+    index.add_argument('--workers', type=int, default=0, help='image-reading processes')
+    query = commands.add_parser('query', help='rank the gallery for a query image')
+    query.add_argument('index', help='the index folder')
+    query.add_argument('query', help='the query image')
+    query.add_argument('--top', type=int, default=20)
+    query.add_argument('--where', default='', help='keep only items whose predicted '
+                       'attributes match, e.g. "gender=female,backpack=yes,upcolour=red"')
+    query.add_argument('--attr-weight', type=float, default=0.0,
+                       help='re-rank: add this times the query\'s median distance times '
+                            'the attribute disagreement (0..1)')
+    query.add_argument('--out', default='', help='PNG of the top crops (default: '
+                       'search-<query name>.png); the ranking goes beside it as .json')
+    inference.add_model_arguments(query, weights_default="the index's")
+    return parser
+
+
+def build_index(args):
+    trained = inference.load_trained_alfo(args.weights, args.config, args.trust_checkpoint)
+    index, report = gallery_index.build_index(args.out, trained, args.gallery, args.backend,
+                                              args.batch_size, args.workers)
+    print(f'Gallery index "{index.folder}": {len(index.paths)} images ({report.summary()}), '
+          f'backend {index.backend}')
+    inference.raise_if_skipped(report.predictions, index.folder)
+
+
+def query_index(args):
+    index = gallery_index.load_index(args.index)
+    where = parse_where(args.where, index.schema) if args.where else None
+    trained = inference.load_trained_alfo(args.weights or index.meta['weights'],
+                                          args.config or ('' if args.weights else
+                                                          index.meta['config']),
+                                          args.trust_checkpoint)
+    gallery_index.check_identity(index, trained)
+    query_path = osp.abspath(args.query)
+    feature, attributes = inference.predict_image(trained, query_path)
+    hits = search.rank_gallery(index, search.open_search(index),
+                               trained.search_features(feature[None])[0], attributes, args.top,
+                               where, args.attr_weight)
+    named = named_predictions(index.attributes[[h.row for h in hits]], index.schema)
+    query_named = named_predictions(attributes[None], index.schema)[0]
+    print('query: ' + ', '.join(format_prediction(n, query_named[n])
+                                for n in rank_grid.SUMMARY_CLASSES + tuple(
+                                    index.schema.colour_forms()) if n in query_named))
+    for hit, prediction in zip(hits, named):
+        print(f'{hit.rank:3d}  {hit.distance:10.4f}  {hit.path}  '
+              f'{" / ".join(rank_grid.attribute_summary(prediction, index.schema))}')
+    out = args.out or f'search-{osp.splitext(osp.basename(args.query))[0]}.png'
+    rank_grid.draw_grid(query_path, rank_grid.attribute_summary(query_named, index.schema),
+                        [(h.path, [f'{h.rank}. {h.distance:.4g}'] +
+                          rank_grid.attribute_summary(p, index.schema))
+                         for h, p in zip(hits, named)], out)
+    with open(osp.splitext(out)[0] + '.json', 'w') as f:
+        json.dump({'query': query_path, 'where': args.where, 'attr_weight': args.attr_weight,
+                   'hits': [dict(vars(h), attributes={n: list(v) for n, v in p.items()})
+                            for h, p in zip(hits, named)]}, f, indent=1)
+    print(f'{len(hits)} results; grid written to "{out}"')
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format='warning: %(message)s', level=logging.WARNING)
+    action = build_index if args.command == 'index' else query_index
+    return run_command(lambda: action(args), args.debug)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
