@@ -28,10 +28,12 @@ import torchreid
 from tqdm import tqdm
 
 from alfo_torchreid import checkpoints, compat
-from alfo_torchreid.attribute_match import attribute_disagreement, attribute_reranked
+from alfo_torchreid.attribute_match import (attribute_disagreement, attribute_reranked,
+                                            named_predictions)
 from alfo_torchreid.errors import ConfigError, TrainingError
 from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
 from alfo_torchreid.metrics import attribute_metrics, evaluate_rank, format_attribute_table
+from alfo_torchreid.rank_grid import draw_ranking
 from alfo_torchreid.run_folder import HISTORY
 
 def unwrap(model):
@@ -346,6 +348,25 @@ class ImageFocalVoteEngine(BaselineEngine):
         disagreement = attribute_disagreement(torch.cat(query.attributes, dim=1),
                                               torch.cat(gallery.attributes, dim=1), self.schema)
         return attribute_reranked(distmat, disagreement, self.attr_rerank_weight).numpy()
+
+    def _visualize(self, dataset_name, distmat, query, gallery, out_dir, topk):
+        """torchreid's ranked lists (the ``topk`` valid gallery images of each
+        query, true matches framed green), each crop with a caption strip of
+        its predicted attributes: ``<out_dir>/<query image>.png``."""
+        if gallery.attributes is None:
+            return super()._visualize(dataset_name, distmat, query, gallery, out_dir, topk)
+        query_items, gallery_items = self.datamanager.fetch_test_loaders(dataset_name)
+        named_query = named_predictions(torch.cat(query.attributes, dim=1), self.schema)
+        named_gallery = named_predictions(torch.cat(gallery.attributes, dim=1), self.schema)
+        print(f'Drawing the top-{topk} ranked lists of {len(query_items)} queries in "{out_dir}"')
+        for q, (path, pid, camid, _) in enumerate(query_items):
+            # as torchreid: the query's own camera's images of its identity are left out
+            valid = ~((gallery.pids == pid) & (gallery.camids == camid))
+            ranked = [g for g in np.argsort(distmat[q], kind='stable') if valid[g]][:topk]
+            name = osp.splitext(osp.basename(path))[0]
+            draw_ranking(path, named_query[q],
+                         [(gallery_items[g][0], distmat[q, g], named_gallery[g]) for g in ranked],
+                         self.schema, osp.join(out_dir, f'{name}.png'))
 
     def _after_ranking(self, dataset_name, query, gallery):
         """Attribute metrics on the gallery images of real identities of the target."""

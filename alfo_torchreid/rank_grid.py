@@ -48,6 +48,21 @@ def attribute_summary(prediction, schema):
     return [line for line in (classes, colours, worn) if line]
 
 
+def draw_ranking(query_path, query_prediction, hits, schema, out_path):
+    """Writes the grid of a ranked list captioned with predicted attributes.
+
+    Args:
+        query_path: the query image.
+        query_prediction: its named predictions (``named_predictions`` row).
+        hits: ``(path, distance, named predictions)`` of the ranked items, best first.
+        schema: the attributes' schema.
+        out_path: the PNG to write.
+    """
+    draw_grid(query_path, attribute_summary(query_prediction, schema),
+              [(path, [f'{rank}. {distance:.4g}'] + attribute_summary(prediction, schema))
+               for rank, (path, distance, prediction) in enumerate(hits, 1)], out_path)
+
+
 def draw_grid(query_path, query_caption, hits, out_path):
     """Writes the PNG grid (atomically).
 

@@ -56,27 +56,51 @@ def test_run_writes_metrics_checkpoint_and_logs(runs, name):
     assert ('attributes' in reid) == (name == 'alfo')
 
 
-def test_eval_only_reproduces_the_final_test_in_its_own_folder(runs, toy_root, tmp_path):
-    run = tmp_path / 'alfo'
+@pytest.fixture(scope='module')
+def evaluation(runs, toy_root, tmp_path_factory):
+    """The README's eval-only command on a copy of the ALFO run, with visrank:
+    (run folder, its files before, CompletedProcess)."""
+    run = tmp_path_factory.mktemp('evaluated') / 'alfo'
     shutil.copytree(runs['alfo'], run)
     before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
-    trained = metrics(run)['results']['market1501_attr']
-    main = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
+    proc = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
                    *TINY, 'data.save_dir', run, 'test.evaluate', 'True',
-                   'model.load_weights', run / 'model' / 'model.pth.tar-1')
-    assert main.returncode == 0, main.stderr[-3000:]
-    evaluation = run / 'eval-model.pth.tar-1'
-    result = metrics(evaluation)
+                   'model.load_weights', run / 'model' / 'model.pth.tar-1',
+                   'test.visrank', 'True', 'test.visrank_topk', '3')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, before, proc
+
+
+def test_eval_only_reproduces_the_final_test_in_its_own_folder(runs, evaluation):
+    run, before, _ = evaluation
+    trained = metrics(runs['alfo'])['results']['market1501_attr']
+    result = metrics(run / 'eval-model.pth.tar-1')
     again = result['results']['market1501_attr']
     assert again['rank1'] == pytest.approx(trained['rank1'], abs=1e-6)
     assert again['mAP'] == pytest.approx(trained['mAP'], abs=1e-6)
-    assert again['attributes']['mA'] == pytest.approx(trained['attributes']['mA'], abs=1e-6)
     assert result['epochs'] == 1 and again['epoch'] == 1
-    assert 'evaluate: true' in (evaluation / 'config.yaml').read_text()
-    assert (evaluation / 'test.log').is_file()
+    assert 'evaluate: true' in (run / 'eval-model.pth.tar-1' / 'config.yaml').read_text()
+    assert (run / 'eval-model.pth.tar-1' / 'test.log').is_file()
     # what training wrote is untouched
     assert {p: p.read_bytes() for p in before} == before
     assert 'evaluate: false' in (run / 'config.yaml').read_text()
+
+
+def test_visrank_keeps_the_attribute_metrics_and_captions_every_crop(runs, evaluation, toy_root):
+    from PIL import Image
+    from alfo_torchreid import rank_grid
+    run, _, proc = evaluation
+    trained = metrics(runs['alfo'])['results']['market1501_attr']
+    again = metrics(run / 'eval-model.pth.tar-1')['results']['market1501_attr']
+    assert again['attributes']['mA'] == pytest.approx(trained['attributes']['mA'], abs=1e-6)
+    assert '** Attribute results on market1501_attr' in proc.stdout
+    queries = sorted((toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query').glob('*.jpg'))
+    drawn = sorted((run / 'eval-model.pth.tar-1' / 'visrank_market1501_attr').glob('*.png'))
+    assert [p.stem for p in drawn] == [q.stem for q in queries]
+    with Image.open(drawn[0]) as grid:  # the query and its top 3, each above its caption
+        assert grid.size[0] == 4 * rank_grid.CELL_WIDTH
+        assert grid.size[1] > rank_grid.IMAGE_SIZE[1] + 2 * rank_grid.FRAME + \
+            2 * rank_grid.LINE_HEIGHT
 
 
 def test_resume_continues_at_the_next_epoch(runs, toy_root, tmp_path):

@@ -86,10 +86,9 @@ def query_index(args):
         print(f'{hit.rank:3d}  {hit.distance:10.4f}  {hit.path}  '
               f'{" / ".join(rank_grid.attribute_summary(prediction, index.schema))}')
     out = args.out or f'search-{osp.splitext(osp.basename(args.query))[0]}.png'
-    rank_grid.draw_grid(query_path, rank_grid.attribute_summary(query_named, index.schema),
-                        [(h.path, [f'{h.rank}. {h.distance:.4g}'] +
-                          rank_grid.attribute_summary(p, index.schema))
-                         for h, p in zip(hits, named)], out)
+    rank_grid.draw_ranking(query_path, query_named,
+                           [(h.path, h.distance, p) for h, p in zip(hits, named)],
+                           index.schema, out)
     with open(osp.splitext(out)[0] + '.json', 'w') as f:
         json.dump({'query': query_path, 'where': args.where, 'attr_weight': args.attr_weight,
                    'hits': [dict(vars(h), attributes={n: list(v) for n, v in p.items()})
