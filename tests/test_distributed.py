@@ -210,6 +210,14 @@ def test_the_loss_trajectory_is_the_single_process_one(runs):
     assert max(losses) - min(losses) > 2 * LOSS_TOLERANCE * max(losses)  # a trajectory
 
 
+def test_the_vote_tally_counts_one_vote_per_step_as_one_process_does(runs):
+    tallies = [checkpoints.load_checkpoint(runs[n][0] / 'model' / 'model.pth.tar-2')
+               ['state_dict']['vote_counts'] for n in (2, 1)]
+    # every toy attribute is known in every batch: one vote per attribute and step,
+    # not one per process (which stripes win may differ: BatchNorm, see above)
+    assert tallies[0].sum(1).tolist() == tallies[1].sum(1).tolist() == [4] * len(tallies[0])
+
+
 def test_the_evaluation_is_a_single_process_evaluation_of_the_same_weights(runs, toy_root,
                                                                              tmp_path):
     folder, _ = runs[2]
