@@ -4,7 +4,9 @@ check that a file fits the model, resume a run.
 A training checkpoint holds torchreid's keys (``state_dict``, ``epoch``,
 ``rank1``, ``optimizer``, ``scheduler``) and ours: ``rng`` (the random
 generators' states, so a resumed run draws the same batches and augmentations
-as an uninterrupted one) and ``signature`` (what the weights were built for:
+as an uninterrupted one; a run of several processes under torchrun also keeps
+``rng_ranks``, every process's, rank 0's first), ``grad_scaler`` (fp16 runs'
+gradient scale) and ``signature`` (what the weights were built for:
 ``num_classes`` and the attribute schema, so that a checkpoint of another
 dataset is refused with a clear message).
 
@@ -33,6 +35,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from alfo_torchreid import distributed
 from alfo_torchreid.atomic import PartialFile
 from alfo_torchreid.errors import CheckpointError, TrainingError, UntrustedCheckpointError
 
@@ -245,6 +248,26 @@ def rng_state():
     return state
 
 
+def restore_rng_states(checkpoint):
+    """Restores this process's generators from a training checkpoint.
+
+    Each process of a torchrun job takes its own state from ``rng_ranks`` when
+    the checkpoint has one per process of this job. Otherwise (a single
+    process's checkpoint, or another number of processes) the main process
+    takes ``rng`` and the others keep theirs (seeded from ``train.seed`` and
+    their rank): the run continues, with other random augmentations than an
+    uninterrupted run would have drawn.
+    """
+    states = checkpoint.get('rng_ranks') or [checkpoint['rng']]
+    if len(states) == distributed.world_size():
+        set_rng_state(states[distributed.rank()])
+        return
+    if distributed.is_main_process():
+        set_rng_state(checkpoint['rng'])
+        print(f'Resume: the checkpoint holds the random generators of {len(states)} '
+              f'process(es), this run has {distributed.world_size()}; the others keep theirs')
+
+
 def set_rng_state(state):
     """Restores what :func:`rng_state` captured."""
     version, internal, gauss = state['python']
@@ -260,8 +283,10 @@ def set_rng_state(state):
 # -- resuming ---------------------------------------------------------------
 
 def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=None,
-                        trust=False, restore_rng=True):
-    """Resumes from ``fpath``: weights, optimizer, scheduler and RNG states.
+                        trust=False, restore_rng=True, precision=None):
+    """Resumes from ``fpath``: weights, optimizer, scheduler, gradient scaler
+    (into ``precision``, a :class:`alfo_torchreid.precision.MixedPrecision`)
+    and RNG states (:func:`restore_rng_states`).
 
     The checkpoint must fit ``num_classes`` and ``model.schema`` and have been
     written with the same optimizer setup (type and parameter groups); the
@@ -292,8 +317,10 @@ def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=Non
         _restore_optimizer(optimizer, checkpoint['optimizer'], fpath)
     if scheduler is not None and checkpoint.get('scheduler') is not None:
         _restore_scheduler(scheduler, checkpoint['scheduler'], optimizer)
+    if precision is not None:
+        precision.load_state_dict(checkpoint.get('grad_scaler'))
     if restore_rng and 'rng' in checkpoint:
-        set_rng_state(checkpoint['rng'])
+        restore_rng_states(checkpoint)
     return int(checkpoint['epoch']), checkpoint
 
 

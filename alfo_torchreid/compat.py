@@ -21,6 +21,7 @@ from alfo_torchreid.errors import ImageReadError
 Market1501 = torchreid.data.datasets.Market1501
 DukeMTMCreID = torchreid.data.datasets.DukeMTMCreID
 ImageDataset = torchreid.data.ImageDataset
+RandomIdentitySampler = torchreid.data.sampler.RandomIdentitySampler
 ImageSoftmaxEngine = torchreid.engine.ImageSoftmaxEngine
 ImageTripletEngine = torchreid.engine.ImageTripletEngine
 ResNet = torchreid.models.resnet.ResNet

@@ -16,9 +16,11 @@ import torchreid
 import yaml
 from yacs.config import CfgNode as CN
 
-from alfo_torchreid import compat
+from alfo_torchreid import compat, distributed
 from alfo_torchreid.errors import ConfigError
 from alfo_torchreid.losses import ATTR_REDUCTIONS, VOTE_MODES
+from alfo_torchreid.precision import AMP_MODES, CHANNELS_LAST_MODES
+from alfo_torchreid.samplers import DISTRIBUTED_SAMPLERS
 
 ATTR_PRED_MODES = ('voted', 'mean')
 FEATURE_MODES = ('global', 'local', 'global+local')
@@ -107,6 +109,15 @@ def get_default_config():
     # numbered snapshots model.pth.tar-N hold the weights alone unless this is True
     # (ResNet-50: ~96 MB instead of ~288 MB with Adam's state).
     cfg.train.save_optimizer_in_snapshots = False
+    # Mixed precision of the forward pass: 'off' (fp32), 'bf16' (CUDA or CPU) or 'fp16'
+    # (CUDA, with gradient scaling); the loss and the vote stay fp32 (ALFO models).
+    cfg.train.amp = 'off'
+    # Model and batches in channels-last memory format: 'auto' (on when training on
+    # CUDA), 'on' or 'off'.
+    cfg.train.channels_last = 'auto'
+    # Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)
+    # instead of each process's share. A single process has nothing to synchronise.
+    cfg.train.sync_bn = False
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9
@@ -278,15 +289,26 @@ def merge_config_file(cfg, config_file, _chain=()):
     if base:
         merge_config_file(cfg, os.path.join(os.path.dirname(path), str(base)), _chain + (path,))
     with _as_config_error(where):
-        cfg.merge_from_other_cfg(_pretrained_as_str(other))
+        cfg.merge_from_other_cfg(_booleans_as_words(other))
 
 
-def _pretrained_as_str(other):
-    """torchreid configs say ``pretrained: True``; here the key also takes names
-    and paths, so booleans become ``'imagenet'`` / ``''``."""
-    model = other.get('model')
-    if isinstance(model, CN) and isinstance(model.get('pretrained'), bool):
-        model.pretrained = 'imagenet' if model.pretrained else ''
+# String keys whose YAML booleans name a value: torchreid configs say
+# ``pretrained: True``, and YAML reads ``on`` / ``off`` as booleans.
+BOOLEAN_WORDS = {
+    'model.pretrained': {True: 'imagenet', False: ''},
+    'train.amp': {False: 'off'},
+    'train.channels_last': {True: 'on', False: 'off'},
+}
+
+
+def _booleans_as_words(other):
+    """``other`` (a config node from a file) with the booleans of
+    :data:`BOOLEAN_WORDS`' keys replaced by the words they stand for."""
+    for key, words in BOOLEAN_WORDS.items():
+        section, name = key.split('.')
+        node = other.get(section)
+        if isinstance(node, CN) and isinstance(node.get(name), bool) and node[name] in words:
+            node[name] = words[node[name]]
     return other
 
 
@@ -304,8 +326,8 @@ def _floats_as_floats(cfg, opts):
         default = node.get(path[-1]) if isinstance(node, CN) and path else None
         if isinstance(default, float) and str(opts[i + 1]).lstrip('-').isdigit():
             out[i + 1] = str(float(opts[i + 1]))
-        elif opts[i] == 'model.pretrained' and opts[i + 1] in ('True', 'False'):
-            out[i + 1] = 'imagenet' if opts[i + 1] == 'True' else ''
+        elif opts[i] in BOOLEAN_WORDS and opts[i + 1] in ('True', 'False'):
+            out[i + 1] = BOOLEAN_WORDS[opts[i]].get(opts[i + 1] == 'True', opts[i + 1])
     return out
 
 
@@ -358,6 +380,8 @@ SCHEMA = {
     'train.stepsize': all_items(at_least(1)),
     'train.gamma': above(0),
     'train.print_freq': at_least(1),
+    'train.amp': one_of(*AMP_MODES),
+    'train.channels_last': one_of(*CHANNELS_LAST_MODES),
     'sgd.momentum': between(0, 1),
     'sgd.dampening': between(0, 1),
     'rmsprop.alpha': between(0, 1),
@@ -439,6 +463,46 @@ def check_config(cfg):
     if rerank and not (cfg.model.name.startswith('alfo') and a.local_branch):
         raise ConfigError(f'test.attr_rerank_weight {rerank} needs predicted attributes: '
                           'model.name alfo or alfo_duke with alfo.local_branch True')
+    check_precision(cfg)
+    check_processes(cfg, distributed.environment_world_size())
+
+
+def check_precision(cfg):
+    """Refuses a ``train.amp`` the run cannot use."""
+    amp = cfg.train.amp
+    if amp == 'fp16' and not (cfg.use_gpu and torch.cuda.is_available()):
+        raise ConfigError(
+            'train.amp fp16 needs CUDA (use_gpu True on a machine with a GPU): its gradient '
+            'scaling is for GPUs; on the CPU use train.amp bf16')
+    if amp != 'off' and not cfg.model.name.startswith('alfo'):
+        raise ConfigError(
+            f'train.amp {amp} is for ALFO models, whose engine computes the loss in fp32; '
+            f'torchreid\'s engine trains {cfg.model.name} in fp32: set train.amp off')
+
+
+def check_processes(cfg, world_size):
+    """Refuses what ``world_size`` processes (torchrun) cannot share: each
+    takes ``train.batch_size / world_size`` images of every global batch."""
+    if world_size == 1 or cfg.test.evaluate:
+        return
+    batch, k, sampler = cfg.train.batch_size, cfg.sampler.num_instances, cfg.sampler.train_sampler
+    if batch % world_size:
+        raise ConfigError(
+            f'train.batch_size {batch} is not divisible by the {world_size} processes '
+            f'(WORLD_SIZE): train.batch_size is the global batch, each process takes an '
+            f'equal share')
+    if sampler not in DISTRIBUTED_SAMPLERS:
+        raise ConfigError(
+            f'sampler.train_sampler {sampler} has no form for several processes; use one of '
+            f'{list(DISTRIBUTED_SAMPLERS)} under torchrun')
+    if sampler == 'RandomIdentitySampler' and (batch // world_size) % k:
+        raise ConfigError(
+            f'sampler.num_instances {k} does not divide each process\'s share of '
+            f'train.batch_size ({batch} / {world_size} processes = {batch // world_size} '
+            f'images): every process must hold whole identities')
+    if cfg.train.sync_bn and not cfg.use_gpu:
+        raise ConfigError('train.sync_bn needs CUDA (use_gpu True): torch\'s SyncBatchNorm '
+                          'synchronises GPU batches only')
 
 
 def imagedata_kwargs(cfg):

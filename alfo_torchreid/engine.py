@@ -13,6 +13,12 @@ voted focal attribute loss (and, with ``loss.name triplet``, torchreid's hard
 triplet loss on the retrieval feature) to the identity loss, and its
 evaluation adds the attribute metrics of each target's gallery. ``run()`` and
 ``test()`` are torchreid's.
+
+Under torchrun (docs/distributed.md) the same engines train a
+``DistributedDataParallel`` model: every process runs torchreid's loop on its
+share of each global batch, the logged losses are averaged over the processes,
+the main process (rank 0) alone writes TensorBoard, history and checkpoints,
+and evaluation extracts features on every process and ranks them on rank 0.
 """
 import json
 import os
@@ -27,14 +33,16 @@ import torch.nn.functional as F
 import torchreid
 from tqdm import tqdm
 
-from alfo_torchreid import checkpoints, compat
+from alfo_torchreid import checkpoints, compat, distributed
 from alfo_torchreid.attribute_match import (attribute_disagreement, attribute_reranked,
                                             named_predictions)
 from alfo_torchreid.errors import ConfigError, TrainingError
 from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
 from alfo_torchreid.metrics import attribute_metrics, evaluate_rank, format_attribute_table
+from alfo_torchreid.precision import MixedPrecision
 from alfo_torchreid.rank_grid import draw_ranking
 from alfo_torchreid.run_folder import HISTORY
+
 
 def unwrap(model):
     """The model inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper
@@ -54,6 +62,27 @@ class Extracted(NamedTuple):
     camids: np.ndarray
     attributes: Optional[list] = None
 
+    @classmethod
+    def concatenate(cls, parts):
+        """One :class:`Extracted` of ``parts`` (batches, or processes' shares)
+        in their order; None parts (empty shares) are skipped."""
+        parts = [p for p in parts if p is not None]
+        attributes = None
+        if parts[0].attributes is not None:
+            attributes = [torch.cat(columns) for columns in zip(*(p.attributes for p in parts))]
+        return cls(torch.cat([p.features for p in parts]), np.concatenate([p.pids for p in parts]),
+                   np.concatenate([p.camids for p in parts]), attributes)
+
+
+class _NoWriter:
+    """TensorBoard's writer on the processes other than the main one: writes nothing."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
 
 class ResumableEngineMixin:
     """Crash-safe runs for a torchreid engine (put it before the engine class).
@@ -64,12 +93,20 @@ class ResumableEngineMixin:
             also hold the optimizer and scheduler states. ``latest.pth.tar``
             always does (it is what a run resumes from); the snapshots are
             weights for evaluation and fine-tuning, 1/3 of the size without them.
+        precision: :class:`alfo_torchreid.precision.MixedPrecision` of the
+            training steps (``train.amp``; fp32 when None). Its gradient
+            scaler's state goes into ``latest.pth.tar``.
+        channels_last: whether batches go to the model in channels-last memory
+            format (``train.channels_last``; the model was converted by the run).
     """
 
-    def __init__(self, *args, evaluator='alfo', snapshot_optimizer=False, **kwargs):
+    def __init__(self, *args, evaluator='alfo', snapshot_optimizer=False, precision=None,
+                 channels_last=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.evaluator = evaluator
         self.snapshot_optimizer = snapshot_optimizer
+        self.precision = precision or MixedPrecision()
+        self.channels_last = channels_last
         self.save_dir = 'log'
         self.results = {}  # target name -> {'rank1', 'mAP', 'cmc', ...} of the last test
         self._epoch_sums = {}
@@ -80,28 +117,49 @@ class ResumableEngineMixin:
         return unwrap(self.model)
 
     def run(self, save_dir='log', **kwargs):
-        """torchreid's ``Engine.run``; remembers ``save_dir`` for the per-epoch checkpoint."""
+        """torchreid's ``Engine.run``; remembers ``save_dir`` for the per-epoch
+        checkpoint. Only the main process opens TensorBoard's writer."""
         self.save_dir = save_dir
+        if not distributed.is_main_process():
+            self.writer = _NoWriter()
         return super().run(save_dir=save_dir, **kwargs)
 
     # -- training ---------------------------------------------------------
     def train(self, **kwargs):
-        """One epoch of torchreid's loop, then the resume checkpoint and history line."""
+        """One epoch of torchreid's loop, then the resume checkpoint and history
+        line. A sampler with ``set_epoch`` (torchrun's) is set to the epoch first."""
         self._epoch_sums = {}
+        set_epoch = getattr(getattr(self.train_loader, 'sampler', None), 'set_epoch', None)
+        if set_epoch is not None:
+            set_epoch(self.epoch)
         start = time.time()
         super().train(**kwargs)
         record = {'epoch': self.epoch + 1, 'lr': self.get_current_lr(),
                   'epoch_time': time.time() - start}
         record.update({k: v / self.num_batches for k, v in self._epoch_sums.items()})
         self.save_model(self.epoch, rank1=None, save_dir=self.save_dir, latest=True)
-        self._append_history(record)
+        if distributed.is_main_process():
+            self._append_history(record)
+
+    def two_stepped_transfer_learning(self, epoch, fixbase_epoch, open_layers, model=None):
+        """torchreid's, on the model inside a (Distributed)DataParallel wrapper,
+        whose layers torchreid can name."""
+        return super().two_stepped_transfer_learning(
+            epoch, fixbase_epoch, open_layers, self.network if model is None else model)
 
     def forward_backward(self, data):
         summary = super().forward_backward(data)
         self._check_finite(summary)
         return self._accumulate(summary)
 
+    def _in_memory_format(self, imgs):
+        """``imgs`` in channels-last memory format when the run asks for it."""
+        return imgs.contiguous(memory_format=torch.channels_last) if self.channels_last else imgs
+
     def _accumulate(self, summary):
+        """Adds a step's logged values (under torchrun: their means over the
+        processes, the global batch's values) to the epoch's sums."""
+        summary = distributed.mean_over_ranks(summary)
         for key, value in summary.items():
             self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + float(value)
         return summary
@@ -131,7 +189,16 @@ class ResumableEngineMixin:
         ``latest``, the per-epoch ``latest.pth.tar``) atomically, with
         torchreid's keys plus the model's signature; ``latest`` (and the
         snapshots with ``snapshot_optimizer``) also hold the optimizer,
-        scheduler and RNG states. Non-finite weights are never written."""
+        scheduler, gradient scaler and RNG states (under torchrun, ``rng`` is
+        rank 0's and ``rng_ranks`` every process's). Non-finite weights are
+        never written. Under torchrun only the main process writes; every
+        process must call this."""
+        whole = latest or self.snapshot_optimizer
+        rng = distributed.gather_to_main(checkpoints.rng_state()) if whole else None
+        name = checkpoints.LATEST if latest else f'model.pth.tar-{epoch + 1}'
+        fpath = osp.join(save_dir, 'model', name)
+        if not distributed.is_main_process():
+            return fpath
         state = {
             'state_dict': self.network.state_dict(),
             'epoch': epoch + 1,
@@ -139,14 +206,16 @@ class ResumableEngineMixin:
             'signature': checkpoints.model_signature(self.datamanager.num_train_pids,
                                                      getattr(self.network, 'schema', None)),
         }
-        if latest or self.snapshot_optimizer:
+        if whole:
             state.update({
                 'optimizer': self.optimizer.state_dict(),
                 'scheduler': None if self.scheduler is None else self.scheduler.state_dict(),
-                'rng': checkpoints.rng_state(),
+                'rng': rng[0],
             })
-        name = checkpoints.LATEST if latest else f'model.pth.tar-{epoch + 1}'
-        fpath = osp.join(save_dir, 'model', name)
+            if len(rng) > 1:
+                state['rng_ranks'] = rng
+            if self.precision.scaler is not None:
+                state['grad_scaler'] = self.precision.state_dict()
         checkpoints.save_training_state(state, fpath)
         if is_best:
             checkpoints.save_training_state(state, osp.join(save_dir, 'model',
@@ -154,6 +223,13 @@ class ResumableEngineMixin:
         return fpath
 
     # -- evaluation -------------------------------------------------------
+    def test(self, **kwargs):
+        """torchreid's ``Engine.test``. Under torchrun every process first takes
+        rank 0's buffers (BatchNorm statistics), so that all evaluate the very
+        weights rank 0 saves."""
+        distributed.broadcast_buffers(self.network)
+        return super().test(**kwargs)
+
     @torch.no_grad()
     def _evaluate(self, dataset_name='', query_loader=None, gallery_loader=None,
                   dist_metric='euclidean', normalize_feature=False, visrank=False,
@@ -164,11 +240,28 @@ class ResumableEngineMixin:
         bar during extraction, the configured evaluator, and the results kept in
         :attr:`results` (plus what :meth:`_after_ranking` adds).
 
+        Under torchrun every process extracts its share of query and gallery;
+        the main process ranks them all, and every process returns (and keeps in
+        :attr:`results`) the main process's numbers.
+
         Returns:
             (Rank-1, mAP) as fractions, as torchreid's.
         """
         query = self.extract(query_loader, f'{dataset_name} query')
         gallery = self.extract(gallery_loader, f'{dataset_name} gallery')
+        scores = None
+        if distributed.is_main_process():
+            scores = self._rank_and_report(dataset_name, query, gallery, dist_metric,
+                                           normalize_feature, visrank, visrank_topk, save_dir,
+                                           use_metric_cuhk03, ranks, rerank)
+        if distributed.is_initialized():
+            scores, self.results = distributed.broadcast_from_main((scores, self.results))
+        return scores
+
+    def _rank_and_report(self, dataset_name, query, gallery, dist_metric, normalize_feature,
+                         visrank, visrank_topk, save_dir, use_metric_cuhk03, ranks, rerank):
+        """Distances, CMC and mAP of the extracted ``query`` and ``gallery``,
+        printed and kept; returns (Rank-1, mAP)."""
         qf, gf = query.features, gallery.features
         if normalize_feature:
             qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
@@ -197,32 +290,41 @@ class ResumableEngineMixin:
 
     def extract(self, loader, what):
         """Features of every image of ``loader`` (in its order), with a
-        progress bar on a terminal and one summary line for logs.
+        progress bar on a terminal and one summary line for logs. Under
+        torchrun each process extracts its share (:func:`distributed.shard`)
+        and the main process gathers them.
 
         Returns:
-            :class:`Extracted`.
+            :class:`Extracted` (None on the processes other than the main one).
         """
-        features, pids, camids, extras = [], [], [], []
+        if distributed.is_initialized():
+            loader = distributed.shard(loader)
+        parts = []
         start = time.time()
         batches = tqdm(loader, desc=f'Extracting {what}', unit='batch', leave=False,
-                       disable=not sys.stderr.isatty())
+                       disable=not (sys.stderr.isatty() and distributed.is_main_process()))
         for data in batches:
             imgs, batch_pids, batch_camids = self.parse_data_for_eval(data)
             if self.use_gpu:
                 imgs = imgs.cuda()
-            batch_features, batch_extras = self.extract_batch(imgs)
-            features.append(batch_features.cpu())
-            extras.append(batch_extras)
-            pids.append(np.asarray(batch_pids))
-            camids.append(np.asarray(batch_camids))
-        features = torch.cat(features)
-        seconds = time.time() - start
-        print(f'Extracted {what}: {features.shape[0]}-by-{features.shape[1]} features in '
-              f'{seconds:.1f} s ({features.shape[0] / max(seconds, 1e-9):.0f} images/s)')
-        attributes = None
-        if extras and extras[0] is not None:
-            attributes = [torch.cat(columns) for columns in zip(*extras)]
-        return Extracted(features, np.concatenate(pids), np.concatenate(camids), attributes)
+            batch_features, batch_extras = self.extract_batch(self._in_memory_format(imgs))
+            parts.append(Extracted(batch_features.cpu(), np.asarray(batch_pids),
+                                   np.asarray(batch_camids), batch_extras))
+        extracted = Extracted.concatenate(parts) if parts else None
+        if distributed.is_initialized():
+            shares = distributed.gather_to_main(extracted)
+            extracted = Extracted.concatenate(shares) if shares is not None else None
+        if extracted is not None:
+            n, d = extracted.features.shape
+            seconds = time.time() - start
+            print(f'Extracted {what}: {n}-by-{d} features in {seconds:.1f} s '
+                  f'({n / max(seconds, 1e-9):.0f} images/s)')
+        return extracted
+
+    def extract_features(self, imgs):
+        """torchreid's, past a ``DistributedDataParallel`` wrapper: each process
+        extracts its own share, with no collective."""
+        return (self.network if distributed.is_initialized() else self.model)(imgs)
 
     def extract_batch(self, imgs):
         """``[B, 3, H, W]`` -> (retrieval features ``[B, D]``, extras or None)."""
@@ -270,18 +372,24 @@ class ImageFocalVoteEngine(BaselineEngine):
             re-ID distance plus this weight times the attribute term of
             :func:`alfo_torchreid.attribute_match.attribute_reranked`, what
             ``tools/search.py --attr-weight`` does; 0 leaves torchreid's ranking.
+        precision, channels_last: see :class:`ResumableEngineMixin`; the
+            forward pass runs under ``precision``'s autocast, the loss in fp32.
 
-    Every batch must carry ``attrs`` (the ``*_attr`` datasets add it).
+    Every batch must carry ``attrs`` (the ``*_attr`` datasets add it). Under
+    torchrun the vote is the global batch's (the ballots of all processes are
+    summed, :func:`alfo_torchreid.losses.vote`), so every process records the
+    same winners and holds the same tally.
     """
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
                  label_smooth=True, evaluator='alfo', snapshot_optimizer=False,
                  vote_mode='majority', focal=True, alpha=0.5, gamma=2.0, id_weight=1.0,
                  attr_weight=1.0, attr_reduction='sum', triplet_weight=0.0, margin=0.3,
-                 attr_rerank_weight=0.0):
+                 attr_rerank_weight=0.0, precision=None, channels_last=False):
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth, evaluator=evaluator,
-                         snapshot_optimizer=snapshot_optimizer)
+                         snapshot_optimizer=snapshot_optimizer, precision=precision,
+                         channels_last=channels_last)
         if attr_rerank_weight and not self.network.local_branch:
             raise ConfigError('test.attr_rerank_weight needs attribute heads: this ALFO has '
                               'no local branch (alfo.local_branch False)')
@@ -292,7 +400,8 @@ class ImageFocalVoteEngine(BaselineEngine):
             id_weight=id_weight, attr_weight=attr_weight, alpha=alpha, gamma=gamma,
             focal=focal, vote_mode=vote_mode, label_smooth=label_smooth,
             use_gpu=self.use_gpu, attr_reduction=attr_reduction,
-            triplet_weight=triplet_weight, margin=margin)
+            triplet_weight=triplet_weight, margin=margin,
+            sum_over_ranks=distributed.sum_over_ranks if distributed.is_initialized() else None)
 
     def parse_data_for_train(self, data):
         if 'attrs' not in data:
@@ -305,7 +414,8 @@ class ImageFocalVoteEngine(BaselineEngine):
         imgs, pids, attrs = self.parse_data_for_train(data)
         if self.use_gpu:
             imgs, pids, attrs = imgs.cuda(), pids.cuda(), attrs.cuda()
-        outputs = self.model(imgs)
+        with self.precision.autocast():
+            outputs = self.model(self._in_memory_format(imgs))
         out = self.criterion(outputs, pids, attrs)
         parts = {'loss': out.total, 'loss_id': out.id, 'loss_attr': out.attr,
                  'loss_triplet': out.triplet}
@@ -313,8 +423,7 @@ class ImageFocalVoteEngine(BaselineEngine):
         self._check_finite(parts)
 
         self.optimizer.zero_grad()
-        out.total.backward()
-        self.optimizer.step()
+        self.precision.backward_and_step(out.total, self.optimizer)
 
         summary = {k: v.item() for k, v in parts.items()}
         if out.id is not None:

@@ -4,6 +4,7 @@ Each names the file or value at fault and what was expected. The command-line
 tools run through :func:`run_command`, which prints an :class:`AlfoError` as
 one line and exits with status 2.
 """
+import os
 import sys
 
 
@@ -70,8 +71,9 @@ def run_command(action, debug=False, interrupted='interrupted: what was saved is
     Returns:
         int: 0 when ``action`` returns; 2 when it raises an :class:`AlfoError`
         or an ``OSError`` from the file system, after printing ``error:
-        <message>`` as one line on stderr (stdout is flushed first); 130 on
-        Ctrl-C, after printing the ``interrupted`` line on stderr.
+        <message>`` as one line on stderr (stdout is flushed first; in a
+        process of a torchrun job of several, ``error: [rank R of W] <message>``);
+        130 on Ctrl-C, after printing the ``interrupted`` line on stderr.
     """
     try:
         action()
@@ -79,13 +81,21 @@ def run_command(action, debug=False, interrupted='interrupted: what was saved is
         if debug:
             raise
         sys.stdout.flush()
-        print(f'error: {one_line(exc)}', file=sys.stderr)
+        print(f'error: {_rank_prefix()}{one_line(exc)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         sys.stdout.flush()
         print(interrupted, file=sys.stderr)
         return 130
     return 0
+
+
+def _rank_prefix():
+    """``'[rank R of W] '`` in a process of a torchrun job of W > 1 processes
+    (torchrun's environment: ``RANK``, ``WORLD_SIZE``), else ``''``."""
+    world = os.environ.get('WORLD_SIZE', '1')
+    return f'[rank {os.environ["RANK"]} of {world}] ' if 'RANK' in os.environ and world != '1' \
+        else ''
 
 
 def one_line(exc):

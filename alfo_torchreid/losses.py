@@ -135,7 +135,7 @@ def attribute_losses(attr_logits, attrs, widths: Sequence[int],
     return losses, attrs != UNKNOWN
 
 
-def vote(losses, mode: str = 'majority', valid=None):
+def vote(losses, mode: str = 'majority', valid=None, sum_over_ranks=None):
     """Picks, per attribute, the stripe whose loss trains it (docs/method.md, "Loss").
 
     Modes:
@@ -148,10 +148,21 @@ def vote(losses, mode: str = 'majority', valid=None):
     The gradient reaches only the winning stripe's losses (all stripes for ``mean``).
     An attribute with no valid sample has loss 0 and winner -1.
 
+    Under ``DistributedDataParallel`` (docs/distributed.md, "The vote"), each of
+    the W processes holds a share of the global batch and ``sum_over_ranks``
+    sums a tensor over them (:func:`alfo_torchreid.distributed.sum_over_ranks`):
+    the ballots, per-stripe loss sums and valid counts of all shares are summed
+    before the winner is picked, so every process picks the winner of the
+    global batch, and each returns ``W * (its valid samples' loss sum) /
+    (valid samples of the global batch)``, whose mean over the processes (what
+    DDP's gradient averaging takes) is the global batch's mean loss, exactly,
+    however the valid labels fall among the processes.
+
     Args:
         losses: ``[B, P]`` (one attribute) or ``[B, P, m]`` per-sample losses.
         mode: one of :data:`VOTE_MODES`.
         valid: ``[B]`` or ``[B, m]`` bool; all valid if None.
+        sum_over_ranks: None in a single process; see above.
 
     Returns:
         (loss ``[]`` or ``[m]``, winning stripe ``[]`` or ``[m]`` long, -1 for none).
@@ -165,23 +176,55 @@ def vote(losses, mode: str = 'majority', valid=None):
     if valid is None:
         valid = torch.ones_like(losses[:, 0], dtype=torch.bool)
     mask = valid.unsqueeze(1)  # [B, 1, m]
+    sums = torch.where(mask, losses, 0.0).sum(0)  # [P, m]
     num_valid = valid.sum(0)  # [m]
-    stripe_means = torch.where(mask, losses, 0.0).sum(0) / num_valid.clamp(min=1)  # [P, m]
+    tally = None
+    if mode == 'majority':
+        ballots = F.one_hot(losses.detach().argmin(1), losses.shape[1])  # [B, m, P]
+        tally = (ballots * valid.unsqueeze(2)).sum(0)  # [m, P]
+    if sum_over_ranks is None:
+        stripe_means = sums / num_valid.clamp(min=1)  # [P, m]
+        global_means = stripe_means.detach()
+    else:
+        global_sums, num_valid, tally, num_ranks = _sum_ballots(sum_over_ranks, sums.detach(),
+                                                                num_valid, tally)
+        stripe_means = sums * num_ranks / num_valid.clamp(min=1)
+        global_means = global_sums / num_valid.clamp(min=1)
     if mode == 'mean':
         loss = stripe_means.mean(0)
         winner = torch.full_like(num_valid, -1)
     else:
-        if mode == 'majority':
-            ballots = F.one_hot(losses.detach().argmin(1), losses.shape[1])  # [B, m, P]
-            tally = (ballots * valid.unsqueeze(2)).sum(0)  # [m, P]
-            winner = tally.argmax(1)
-        else:
-            winner = stripe_means.detach().argmin(0)
+        winner = tally.argmax(1) if mode == 'majority' else global_means.argmin(0)
         loss = stripe_means.gather(0, winner.unsqueeze(0)).squeeze(0)
         winner = torch.where(num_valid > 0, winner, -1)
     if single:
         return loss.squeeze(0), winner.squeeze(0)
     return loss, winner
+
+
+def _sum_ballots(sum_over_ranks, sums, num_valid, tally):
+    """Sums over the processes, in one collective, the per-stripe loss sums
+    ``[P, m]``, valid counts ``[m]`` and ballot tally ``[m, P]`` (or None).
+
+    Returns:
+        (sums, counts ``[m]`` long, tally ``[m, P]`` long or None, number of processes).
+    """
+    parts = [sums, num_valid] + ([] if tally is None else [tally])
+    packed = torch.cat([p.flatten().double() for p in parts] + [sums.new_ones(1).double()])
+    total = sum_over_ranks(packed)
+    sizes = [p.numel() for p in parts]
+    unpacked = [t.view(p.shape) for t, p in zip(total.split(sizes + [1])[:-1], parts)]
+    sums = unpacked[0].to(sums.dtype)
+    num_valid = unpacked[1].round().long()
+    tally = unpacked[2].round().long() if tally is not None else None
+    return sums, num_valid, tally, total[-1].to(sums.dtype)
+
+
+def _fp32(tensor):
+    """``tensor`` cast to fp32 if it is of a lower float precision (autocast's output)."""
+    if tensor is not None and tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.float()
+    return tensor
 
 
 class ALFOLossOutput(NamedTuple):
@@ -229,12 +272,19 @@ class ALFOLoss(nn.Module):
         label_smooth: torchreid's label smoothing of ``L_ID``.
         use_gpu: as torchreid's CrossEntropyLoss, which moves its targets with
             ``.cuda()`` when set.
+        sum_over_ranks: under DistributedDataParallel, the sum of a tensor over
+            the processes (:func:`alfo_torchreid.distributed.sum_over_ranks`):
+            the vote is then the global batch's (see :func:`vote`); None in a
+            single process.
+
+    Outputs in fp16 or bf16 (``train.amp``) are cast to fp32 first: the losses
+    and the vote are computed in fp32 whatever the autocast precision.
     """
 
     def __init__(self, num_classes, widths, id_weight=1.0, attr_weight=1.0,
                  alpha=DEFAULT_ALPHA, gamma=DEFAULT_GAMMA, focal=True,
                  vote_mode='majority', label_smooth=True, use_gpu=True, attr_reduction='sum',
-                 triplet_weight=0.0, margin=0.3):
+                 triplet_weight=0.0, margin=0.3, sum_over_ranks=None):
         super().__init__()
         if vote_mode not in VOTE_MODES:
             raise ConfigError(f'vote mode must be one of {VOTE_MODES}, got {vote_mode!r}')
@@ -246,6 +296,7 @@ class ALFOLoss(nn.Module):
         self.id_weight, self.attr_weight = id_weight, attr_weight
         self.alpha, self.gamma = (alpha, gamma) if focal else (0.5, 0.0)
         self.vote_mode = vote_mode
+        self.sum_over_ranks = sum_over_ranks
         self.id_loss = torchreid.losses.CrossEntropyLoss(
             num_classes, use_gpu=use_gpu, label_smooth=label_smooth)
         self.triplet_weight = triplet_weight
@@ -258,6 +309,7 @@ class ALFOLoss(nn.Module):
                 ``attr_logits [B, P, K]`` or None, ``features [B, D]``).
             pids: ``[B]`` identity labels. attrs: ``[B, m]`` labels, -1 unknown.
         """
+        outputs = type(outputs)(*(_fp32(t) for t in outputs))
         total = id_loss = attr_loss = per_attribute = winners = triplet = None
         if outputs.id_logits is not None:
             id_loss = self.id_loss(outputs.id_logits, pids)
@@ -265,13 +317,20 @@ class ALFOLoss(nn.Module):
         if outputs.attr_logits is not None:
             losses, valid = attribute_losses(outputs.attr_logits, attrs, self.widths,
                                              self.alpha, self.gamma)
-            per_attribute, winners = vote(losses, self.vote_mode, valid)
+            per_attribute, winners = vote(losses, self.vote_mode, valid, self.sum_over_ranks)
             attr_loss = per_attribute.sum()
             if self.attr_reduction == 'mean':
-                attr_loss = attr_loss / valid.any(0).sum().clamp(min=1)
+                attr_loss = attr_loss / self._known_attributes(valid).clamp(min=1)
             weighted = self.attr_weight * attr_loss
             total = weighted if total is None else total + weighted
         if self.triplet_loss is not None:
             triplet = self.triplet_loss(outputs.features, pids)
             total = total + self.triplet_weight * triplet
         return ALFOLossOutput(total, id_loss, attr_loss, per_attribute, winners, triplet)
+
+    def _known_attributes(self, valid):
+        """The number of attributes with a known label in the (global) batch."""
+        known = valid.any(0)
+        if self.sum_over_ranks is not None:
+            known = self.sum_over_ranks(known.long()) > 0
+        return known.sum()

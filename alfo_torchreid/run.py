@@ -11,9 +11,17 @@ metrics, parameters and GFLOPs). An evaluation-only run
 Everything that can be refused (config, data, weights, the folder's state) is
 checked before the first file of the run is written: bad input leaves an
 earlier run's folder exactly as it was.
+
+Under torchrun (docs/distributed.md) every process runs :func:`main`: each
+joins the process group, loads its share of every global batch and trains a
+``DistributedDataParallel`` model; the main process (rank 0) alone holds the
+folder's lock, prints the log and writes the run's files. A job that torchrun
+restarts (``--max-restarts``) continues from ``model/latest.pth.tar``.
 """
+import contextlib
 import io
 import json
+import os
 import os.path as osp
 import sys
 import time
@@ -23,7 +31,7 @@ import torch.nn as nn
 import torchreid
 
 import alfo_torchreid  # noqa: F401  (registers datasets and models into torchreid)
-from alfo_torchreid import checkpoints, config, weights
+from alfo_torchreid import checkpoints, config, distributed, precision, samplers, weights
 from alfo_torchreid.atomic import write_file
 from alfo_torchreid.datasets import attribute_files
 from alfo_torchreid.engine import (BaselineEngine, BaselineTripletEngine, ImageFocalVoteEngine,
@@ -56,12 +64,34 @@ def main(config_file='', opts=()):
     if cfg.test.evaluate:
         cfg.defrost()
         cfg.data.save_dir = evaluation_folder(cfg)
+    with distributed.process_group(cfg.use_gpu), owned_folder(cfg.data.save_dir), \
+            printed_log() as log:
+        return _run(cfg, log)
+
+
+@contextlib.contextmanager
+def owned_folder(path):
+    """The run folder's lock (:class:`RunFolder`) for the ``with`` block,
+    taken by the main process; under torchrun the others wait until it holds it."""
+    with RunFolder(path) if distributed.is_main_process() else contextlib.nullcontext():
+        distributed.barrier()
+        yield
+
+
+@contextlib.contextmanager
+def printed_log():
+    """``sys.stdout`` as a :class:`Tee` for the ``with`` block. Under torchrun
+    the processes other than the main one print and log nothing (their errors
+    still reach stderr)."""
     console = sys.stdout
-    log = Tee(console)
-    with RunFolder(cfg.data.save_dir):
+    quiet = not distributed.is_main_process()
+    with contextlib.ExitStack() as stack:
+        log = Tee(stack.enter_context(open(os.devnull, 'w')) if quiet else console)
+        if quiet:
+            log.open(os.devnull)
         sys.stdout = log
         try:
-            return _run(cfg, log)
+            yield log
         finally:
             sys.stdout = console
             log.close()
@@ -106,17 +136,19 @@ class Tee:
 
 def _run(cfg, log):
     print(f'Config:\n{cfg}\n')
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
     datamanager = build_datamanager(cfg)
     model = build_model(cfg, datamanager)
     trained_epoch = load_trained_weights(cfg, model, datamanager.num_train_pids)
     resolve_new_layers(cfg, model)
     model = place_on_device(cfg, model)
-    optimizer = torchreid.optim.build_optimizer(model, **config.optimizer_kwargs(cfg))
+    # the unwrapped model: torchreid names staged_lr's layers past DataParallel only
+    optimizer = torchreid.optim.build_optimizer(unwrap(model), **config.optimizer_kwargs(cfg))
     scheduler = torchreid.optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+    mixed = precision.MixedPrecision(cfg.train.amp, cfg.use_gpu)
     final_test_only = False
     if not cfg.test.evaluate:
-        start_epoch = resume(cfg, model, datamanager.num_train_pids, optimizer, scheduler)
+        start_epoch = resume(cfg, model, datamanager.num_train_pids, optimizer, scheduler, mixed)
         if start_epoch >= cfg.train.max_epoch:
             if start_epoch > cfg.train.max_epoch or \
                     osp.isfile(osp.join(cfg.data.save_dir, METRICS)):
@@ -131,16 +163,18 @@ def _run(cfg, log):
         cfg.defrost()
         cfg.train.start_epoch = start_epoch
 
-    # from here on the run writes into its folder
-    log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
-    if not final_test_only:
-        write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
-    engine = build_engine(cfg, datamanager, model, optimizer, scheduler)
+    # from here on the run writes into its folder (the main process does)
+    if distributed.is_main_process():
+        log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
+        if not final_test_only:
+            write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
+    engine = build_engine(cfg, datamanager, model, optimizer, scheduler, mixed)
     if cfg.test.evaluate or final_test_only:
         # results and TensorBoard name the epoch of the weights tested
         engine.epoch = max((trained_epoch if cfg.test.evaluate else start_epoch) - 1, 0)
     engine.run(**config.engine_run_kwargs(cfg), test_only=cfg.test.evaluate or final_test_only)
-    save_metrics(cfg, engine, trained_epoch if cfg.test.evaluate else cfg.train.max_epoch)
+    if distributed.is_main_process():
+        save_metrics(cfg, engine, trained_epoch if cfg.test.evaluate else cfg.train.max_epoch)
     return engine
 
 
@@ -153,11 +187,19 @@ def seed_everything(seed, deterministic=False):
 
 def build_datamanager(cfg):
     """``torchreid.data.ImageDataManager`` after checking that every dataset folder exists
-    (torchreid would otherwise try to download a missing one, or fail obscurely)."""
+    (torchreid would otherwise try to download a missing one, or fail obscurely).
+    Under torchrun its training loader is replaced by this process's
+    (:func:`alfo_torchreid.samplers.process_train_loader`)."""
     for name in dict.fromkeys(list(cfg.data.sources) + list(cfg.data.targets)):
         check_dataset_folder(cfg.data.root, name)
     with attribute_files(**cfg.alfo.attr_file):
-        return torchreid.data.ImageDataManager(**config.imagedata_kwargs(cfg))
+        datamanager = torchreid.data.ImageDataManager(**config.imagedata_kwargs(cfg))
+    if distributed.is_initialized():
+        datamanager.train_loader = samplers.process_train_loader(
+            datamanager.train_loader, cfg.sampler.train_sampler, cfg.train.batch_size,
+            cfg.sampler.num_instances, distributed.rank(), distributed.world_size(),
+            cfg.train.seed)
+    return datamanager
 
 
 def check_dataset_folder(root, name):
@@ -244,30 +286,42 @@ def resolve_new_layers(cfg, model):
 
 
 def place_on_device(cfg, model):
-    """The model on the GPU with ``use_gpu``; with several GPUs visible, wrapped
-    in ``nn.DataParallel`` as torchreid's ``scripts/main.py`` does."""
-    if not cfg.use_gpu:
-        return model
-    model = model.cuda()
-    if torch.cuda.device_count() > 1:
+    """The model on the GPU with ``use_gpu`` (under torchrun: this process's
+    GPU), in channels-last memory format with ``train.channels_last``. Under
+    torchrun, wrapped in ``DistributedDataParallel``; otherwise, with several
+    GPUs visible, in ``nn.DataParallel`` as torchreid's ``scripts/main.py`` does."""
+    if cfg.use_gpu:
+        model = model.cuda()
+    if precision.uses_channels_last(cfg.train.channels_last, cfg.use_gpu):
+        model = model.to(memory_format=torch.channels_last)
+    if distributed.is_initialized():
+        return distributed.wrap(model, cfg.use_gpu, sync_bn=cfg.train.sync_bn,
+                                find_unused_parameters=cfg.train.fixbase_epoch > 0)
+    if cfg.use_gpu and torch.cuda.device_count() > 1:
         print(f'Using nn.DataParallel over {torch.cuda.device_count()} GPUs')
         model = nn.DataParallel(model)
     return model
 
 
-def resume(cfg, model, num_classes, optimizer, scheduler):
+def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
     """Restores the run to continue, if any, and returns the epoch to start from.
 
     ``model.resume`` names a checkpoint; ``train.resume`` continues the run
-    folder's ``model/latest.pth.tar``. Without either, a folder that already
+    folder's ``model/latest.pth.tar``, as does a job that torchrun restarted
+    (its command line is the first one's). Without either, a folder that already
     holds a run is refused, so a new run never mixes its files with an older one's.
+    Under torchrun every process loads the same checkpoint.
+
+    Args:
+        mixed: the run's :class:`alfo_torchreid.precision.MixedPrecision`
+            (its gradient scaler's state is restored).
 
     Raises:
         RunFolderError, CheckpointError.
     """
     path = cfg.model.resume
     latest = osp.join(cfg.data.save_dir, 'model', checkpoints.LATEST)
-    if not path and cfg.train.resume and osp.isfile(latest):
+    if not path and (cfg.train.resume or distributed.restarted()) and osp.isfile(latest):
         path = latest
     if not path:
         previous = [f for f in ('model/' + checkpoints.LATEST, METRICS, 'history.jsonl')
@@ -278,23 +332,32 @@ def resume(cfg, model, num_classes, optimizer, scheduler):
                 'continue it with train.resume True, or give this run another data.save_dir')
         return 0
     start_epoch, _ = checkpoints.load_training_state(path, unwrap(model), num_classes, optimizer,
-                                                     scheduler, trust=cfg.model.trust_checkpoint)
-    drop_torn_last_line(cfg.data.save_dir)
+                                                     scheduler, trust=cfg.model.trust_checkpoint,
+                                                     precision=mixed)
+    if distributed.is_main_process():
+        drop_torn_last_line(cfg.data.save_dir)
     print(f'Resumed from "{path}": continuing at epoch {start_epoch + 1}')
     return start_epoch
 
 
-def build_engine(cfg, datamanager, model, optimizer, scheduler):
-    """ALFO's engine, or torchreid's softmax / triplet engine for a baseline."""
+def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None):
+    """ALFO's engine, or torchreid's softmax / triplet engine for a baseline.
+
+    Args:
+        mixed: :class:`alfo_torchreid.precision.MixedPrecision` of ALFO's
+            steps (``train.amp``; the baselines train in fp32).
+    """
     common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu,
                   label_smooth=cfg.loss.softmax.label_smooth, evaluator=cfg.test.evaluator,
-                  snapshot_optimizer=cfg.train.save_optimizer_in_snapshots)
+                  snapshot_optimizer=cfg.train.save_optimizer_in_snapshots,
+                  channels_last=precision.uses_channels_last(cfg.train.channels_last,
+                                                             cfg.use_gpu))
     triplet = cfg.loss.triplet
     if is_alfo(cfg):
         kwargs = config.alfo_loss_kwargs(cfg)
         kwargs.pop('label_smooth')
-        return ImageFocalVoteEngine(datamanager, model, optimizer, **common, **kwargs,
-                                    attr_rerank_weight=cfg.test.attr_rerank_weight)
+        return ImageFocalVoteEngine(datamanager, model, optimizer, precision=mixed, **common,
+                                    **kwargs, attr_rerank_weight=cfg.test.attr_rerank_weight)
     if cfg.loss.name == 'triplet':
         return BaselineTripletEngine(datamanager, model, optimizer, margin=triplet.margin,
                                      weight_t=triplet.weight_t, weight_x=triplet.weight_x,

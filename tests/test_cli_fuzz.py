@@ -39,6 +39,8 @@ BAD_VALUES = {
     'train.print_freq': ['0'],
     'train.weight_decay': ['-1e-4'],
     'train.fixbase_epoch': ['-1'],
+    'train.amp': ['fp8', 'FP16'],
+    'train.channels_last': ['yes', 'NHWC'],
     'test.batch_size': ['0', '-1'],
     'test.dist_metric': ['l2', 'cos'],
     'test.ranks': ['[0]', '[51]'],

@@ -235,8 +235,8 @@ def test_fake_gpu_catches_a_cpu_tensor_created_in_the_loss(placement, monkeypatc
     from alfo_torchreid import losses
     original = losses.vote
 
-    def vote_with_cpu_zeros(per_sample, mode='majority', valid=None):
-        loss, winner = original(per_sample, mode, valid)
+    def vote_with_cpu_zeros(per_sample, mode='majority', valid=None, sum_over_ranks=None):
+        loss, winner = original(per_sample, mode, valid, sum_over_ranks)
         return loss + torch.zeros(loss.shape), winner
 
     monkeypatch.setattr(losses, 'vote', vote_with_cpu_zeros)

@@ -1,6 +1,9 @@
 """tools/main.py and tools/compare.py end to end, as a user runs them."""
+import contextlib
+import io
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -9,18 +12,29 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
+COMPARE = runpy.run_path(str(REPO / 'tools' / 'compare.py'))['main']
 TINY = ['train.max_epoch', '1', 'train.batch_size', '16', 'test.batch_size', '64',
         'train.print_freq', '1']
 
 
-def main_py(*args, cwd=REPO):
+def main_py(*args):
     """Runs tools/main.py in a fresh interpreter; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(REPO / 'tools' / 'main.py'), *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600)
+
+
+def main_here(*args):
+    """Runs tools/main.py's ``main`` in this process (no interpreter start-up):
+    a CompletedProcess-like (returncode, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = MAIN([str(a) for a in args])
+    return subprocess.CompletedProcess(args, status, out.getvalue(), err.getvalue())
 
 
 def train(config, root, save_dir, *extra):
-    proc = main_py('--config-file', REPO / 'configs' / config, '--root', root,
+    proc = main_here('--config-file', REPO / 'configs' / config, '--root', root,
                    *TINY, 'data.save_dir', save_dir, *extra)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -63,10 +77,10 @@ def evaluation(runs, toy_root, tmp_path_factory):
     run = tmp_path_factory.mktemp('evaluated') / 'alfo'
     shutil.copytree(runs['alfo'], run)
     before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
-    proc = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
-                   *TINY, 'data.save_dir', run, 'test.evaluate', 'True',
-                   'model.load_weights', run / 'model' / 'model.pth.tar-1',
-                   'test.visrank', 'True', 'test.visrank_topk', '3')
+    proc = main_here('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
+                     *TINY, 'data.save_dir', run, 'test.evaluate', 'True',
+                     'model.load_weights', run / 'model' / 'model.pth.tar-1',
+                     'test.visrank', 'True', 'test.visrank_topk', '3')
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run, before, proc
 
@@ -121,13 +135,21 @@ def test_resume_continues_at_the_next_epoch(runs, toy_root, tmp_path):
     (['model.pretrained', '/nonexistent/weights.pth'],
      'error: weights file "/nonexistent/weights.pth" does not exist'),
 ])
-def test_bad_input_ends_with_one_line_and_status_2(toy_root, tmp_path, args, message):
-    proc = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
-                   'data.save_dir', tmp_path, *args)
+def test_bad_input_ends_with_one_line_and_status_2(toy_root, tmp_path, capsys, args, message):
+    status = MAIN(['--config-file', str(REPO / 'configs' / 'alfo_toy.yaml'), '--root',
+                   str(toy_root), 'data.save_dir', str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert 'Traceback' not in err
+    assert err.strip().splitlines()[-1].startswith(message), err
+
+
+def test_a_process_with_bad_input_exits_2_with_one_line(tmp_path):
+    proc = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', 'alfo.nope', '1',
+                   'data.save_dir', tmp_path)
     assert proc.returncode == 2
-    assert 'Traceback' not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith(message), proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        'error: unknown config key: alfo.nope (in the command line)'], proc.stderr
 
 
 def test_debug_shows_the_traceback(toy_root, tmp_path):
@@ -136,12 +158,11 @@ def test_debug_shows_the_traceback(toy_root, tmp_path):
     assert proc.returncode != 0 and 'Traceback' in proc.stderr and 'ConfigError' in proc.stderr
 
 
-def test_compare_writes_table_and_plots(runs, tmp_path):
+def test_compare_writes_table_and_plots(runs, tmp_path, capsys):
     out = tmp_path / 'comparison'
-    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'compare.py'), str(runs['alfo']),
-                           str(runs['pcb']), '--out', str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    status = COMPARE([str(runs['alfo']), str(runs['pcb']), '--out', str(out)])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
     table = (out / 'comparison.md').read_text()
     alfo = metrics(runs['alfo'])['results']['market1501_attr']
     assert f'| alfo | alfo | market1501_attr | {100 * alfo["rank1"]:.2f} |' in table
@@ -150,12 +171,10 @@ def test_compare_writes_table_and_plots(runs, tmp_path):
     assert rows[0].startswith('run,model,dataset,rank1') and len(rows) == 3
     for png in ('cmc.png', 'attributes.png'):
         assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    assert proc.stdout.count('|') > 20
+    assert printed.out.count('|') > 20
 
 
-def test_compare_names_a_run_without_metrics(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'compare.py'), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert f'run folder "{tmp_path}" has no metrics.json' in proc.stderr
+def test_compare_names_a_run_without_metrics(tmp_path, capsys):
+    assert COMPARE([str(tmp_path)]) == 2
+    assert f'run folder "{tmp_path}" has no metrics.json' in capsys.readouterr().err
     assert os.listdir(tmp_path) == []

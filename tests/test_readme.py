@@ -1,0 +1,179 @@
+"""The README's commands, run as written, in README order.
+
+Every ```` ```bash ```` block of README.md is split into commands (a trailing
+backslash continues a line, ``#`` starts a comment); every ```` ```python ````
+block is one program. They run one after the other in one scratch folder that
+holds the project's ``configs/`` and the files a user would bring (``query.jpg``,
+``other.jpg``, ``photos/``: toy query images), in this process:
+``python tools/X.py ARGS`` calls tools/X.py's ``main(ARGS)``, ``make demo``
+runs tools/demo.py (its set-up is the one this suite runs in).
+
+So that they run on the CPU in seconds, and nothing else, these are substituted
+(:data:`SUBSTITUTIONS`, :data:`APPENDED`):
+
+* ``reid-data`` and the demo's ``toy-data`` are the session's small toy tree;
+* every training trains one epoch at 128x64 from no pretrained weights (the
+  appended overrides of ``tools/main.py``, the same values in Python), so a
+  checkpoint ``model.pth.tar-N`` the README names is ``model.pth.tar-1``;
+* ``tools/reproduce.py --quick`` trains its six runs at 32x16 with two stripes;
+* ``tools/make_toy_dataset.py`` writes the suite's small toy tree.
+
+Commands that need a network, several GPUs or hours are skipped with the
+reason (:data:`SKIPPED`); the reason names the test that covers them.
+"""
+import contextlib
+import io
+import os
+import re
+import runpy
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import TOY_SETTINGS
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / 'README.md'
+
+SHRINK = {'train.max_epoch': '1', 'data.height': '128', 'data.width': '64',
+          'data.workers': '0', 'model.pretrained': ''}
+APPENDED = {
+    'tools/main.py': [word for pair in SHRINK.items() for word in pair],
+    # --quick trains six runs: at 32x16 (a 2x1 map, two stripes), as test_reproduce does
+    'tools/reproduce.py': ['data.height', '32', 'data.width', '16', 'alfo.num_parts', '2'],
+    'tools/make_toy_dataset.py': [
+        word for key, value in TOY_SETTINGS['market1501'].items()
+        for word in ('--' + key.replace('_', '-'), str(value))],
+}
+SUBSTITUTIONS = [
+    (r'(?<![\w/-])reid-data(?![\w-])', '{toy_root}'),
+    (r'model\.pth\.tar-\d+', 'model.pth.tar-1'),
+    (r'pretrained=True', 'pretrained=False'),
+    (r'max_epoch=\d+', 'max_epoch=1'),
+    (r'height=256, width=128', 'height=128, width=64'),
+]
+NETWORK = 'needs the network (offline here; tests/test_download*.py and test_weights.py ' \
+          'serve the same downloads from a local server)'
+SKIPPED = [
+    (r'^make test$', 'is the command that runs this suite'),
+    (r'tools/download\.py(?!.*--layout)', NETWORK),
+    (r'model\.pretrained resnet50', NETWORK),
+    (r'^torchrun ', 'needs several GPUs or machines; tests/test_distributed.py runs '
+                    'tools/main.py under two gloo processes'),
+    (r'tools/reproduce\.py(?!.*--quick)', 'trains six full runs per seed (hours on a GPU); '
+                                          'the --quick line runs the same pipeline'),
+]
+
+
+def readme_blocks(text):
+    """``[(language, code)]`` of the README's fenced bash and python blocks."""
+    return re.findall(r'^```(bash|python)\n(.*?)^```$', text, flags=re.M | re.S)
+
+
+def bash_commands(code):
+    """The commands of a bash block: continuation lines joined, comments dropped."""
+    joined = re.sub(r'\\\n\s*', ' ', code)
+    lines = (line.split(' #')[0].strip() for line in joined.splitlines())
+    return [line for line in lines if line and not line.startswith('#')]
+
+
+def readme_steps():
+    """``[(language, text)]``: one step per bash command or python block."""
+    steps = []
+    for language, code in readme_blocks(README.read_text()):
+        if language == 'bash':
+            steps += [('bash', command) for command in bash_commands(code)]
+        else:
+            steps.append(('python', code))
+    return steps
+
+
+STEPS = readme_steps()
+
+
+def skip_reason(command):
+    for pattern, reason in SKIPPED:
+        if re.search(pattern, command):
+            return reason
+    return None
+
+
+def substituted(text, toy_root):
+    for pattern, replacement in SUBSTITUTIONS:
+        text = re.sub(pattern, replacement.format(toy_root=toy_root), text)
+    return text
+
+
+@pytest.fixture(scope='module')
+def scratch(tmp_path_factory, toy_root):
+    """The folder a user runs the README in: configs, the demo's toy-data, photos."""
+    folder = tmp_path_factory.mktemp('readme')
+    (folder / 'configs').symlink_to(REPO / 'configs')
+    (folder / 'toy-data').symlink_to(toy_root)
+    queries = sorted((toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query').glob('*.jpg'))
+    shutil.copy(queries[0], folder / 'query.jpg')
+    shutil.copy(queries[-1], folder / 'other.jpg')
+    (folder / 'photos').mkdir()
+    for image in queries[1:4]:
+        shutil.copy(image, folder / 'photos' / image.name)
+    return folder
+
+
+def run_bash(command, toy_root):
+    """Runs one README command in this process; returns its exit status."""
+    words = shlex.split(substituted(command, toy_root))
+    if words == ['make', 'demo']:
+        words = ['python', 'tools/demo.py']
+    assert words[0] == 'python' and words[1].startswith('tools/'), \
+        f'the README runs tools as "python tools/...": {command}'
+    tool = words[1]
+    argv = words[2:] + APPENDED.get(tool, [])
+    main = runpy.run_path(str(REPO / tool), run_name='readme').get('main')
+    if main is None:  # tools/demo.py is a script
+        return _run_script(REPO / tool)
+    return main(argv)
+
+
+def _run_script(path):
+    try:
+        runpy.run_path(str(path), run_name='__main__')
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def test_the_readme_has_two_set_up_commands_and_ci_runs_its_test_command():
+    first_block = bash_commands(readme_blocks(README.read_text())[0][1])
+    assert first_block == ['make demo', 'make test']
+    ci = (REPO / '.ci' / 'run').read_text().split('\n')
+    assert 'make test' in [line.strip() for line in ci]
+
+
+def test_every_step_is_a_tool_a_python_program_or_skipped_with_a_reason():
+    assert len(STEPS) > 20
+    for language, text in STEPS:
+        if language == 'bash' and not skip_reason(text):
+            assert text == 'make demo' or re.match(r'python tools/\w+\.py', text), text
+
+
+@pytest.mark.parametrize('number', range(len(STEPS)),
+                         ids=[f'{i:02d}-{text.splitlines()[0][:60]}'
+                              for i, (_, text) in enumerate(STEPS)])
+def test_readme_step(number, scratch, toy_root, monkeypatch, capsys):
+    language, text = STEPS[number]
+    reason = skip_reason(text) if language == 'bash' else None
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.chdir(scratch)
+    if language == 'bash':
+        status = run_bash(text, toy_root)
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(substituted(text, toy_root), 'README.md', 'exec'), {})
+        status = 0
+    output = capsys.readouterr()
+    assert status in (0, None), f'{text}\nexit status {status}\n{output.out[-3000:]}' \
+                                f'{output.err[-3000:]}'
+    assert 'Traceback' not in output.out + output.err
