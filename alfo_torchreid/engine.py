@@ -137,7 +137,8 @@ class ResumableEngineMixin:
         record = {'epoch': self.epoch + 1, 'lr': self.get_current_lr(),
                   'epoch_time': time.time() - start}
         record.update({k: v / self.num_batches for k, v in self._epoch_sums.items()})
-        self.save_model(self.epoch, rank1=None, save_dir=self.save_dir, latest=True)
+        self.save_model(self.epoch, rank1=None, save_dir=self.save_dir, latest=True,
+                        history=record)
         if distributed.is_main_process():
             self._append_history(record)
 
@@ -184,13 +185,15 @@ class ResumableEngineMixin:
             os.fsync(f.fileno())
 
     # -- checkpoints ------------------------------------------------------
-    def save_model(self, epoch, rank1, save_dir, is_best=False, latest=False):
+    def save_model(self, epoch, rank1, save_dir, is_best=False, latest=False, history=None):
         """Writes ``<save_dir>/model/model.pth.tar-<epoch+1>`` (or, with
         ``latest``, the per-epoch ``latest.pth.tar``) atomically, with
         torchreid's keys plus the model's signature; ``latest`` (and the
         snapshots with ``snapshot_optimizer``) also hold the optimizer,
         scheduler, gradient scaler and RNG states (under torchrun, ``rng`` is
-        rank 0's and ``rng_ranks`` every process's). Non-finite weights are
+        rank 0's and ``rng_ranks`` every process's) and ``history``, the
+        epoch's line of ``history.jsonl`` (written after the checkpoint: a
+        resumed run puts it back if a crash lost it). Non-finite weights are
         never written. Under torchrun only the main process writes; every
         process must call this."""
         whole = latest or self.snapshot_optimizer
@@ -216,6 +219,8 @@ class ResumableEngineMixin:
                 state['rng_ranks'] = rng
             if self.precision.scaler is not None:
                 state['grad_scaler'] = self.precision.state_dict()
+        if history is not None:
+            state['history'] = history
         checkpoints.save_training_state(state, fpath)
         if is_best:
             checkpoints.save_training_state(state, osp.join(save_dir, 'model',

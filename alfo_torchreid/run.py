@@ -37,7 +37,7 @@ from alfo_torchreid.datasets import attribute_files
 from alfo_torchreid.engine import (BaselineEngine, BaselineTripletEngine, ImageFocalVoteEngine,
                                    unwrap)
 from alfo_torchreid.errors import DatasetError, RunFolderError
-from alfo_torchreid.run_folder import RunFolder, drop_torn_last_line, read_history
+from alfo_torchreid.run_folder import RunFolder, read_history, restore_history
 
 METRICS = 'metrics.json'
 
@@ -173,6 +173,10 @@ def _run(cfg, log):
         # results and TensorBoard name the epoch of the weights tested
         engine.epoch = max((trained_epoch if cfg.test.evaluate else start_epoch) - 1, 0)
     engine.run(**config.engine_run_kwargs(cfg), test_only=cfg.test.evaluate or final_test_only)
+    if final_test_only:
+        # what torchreid's run writes after its final test, which the stopped run missed
+        rank1 = list(engine.results.values())[-1]['rank1']
+        engine.save_model(engine.epoch, rank1, cfg.data.save_dir)
     if distributed.is_main_process():
         save_metrics(cfg, engine, trained_epoch if cfg.test.evaluate else cfg.train.max_epoch)
     return engine
@@ -331,11 +335,11 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
                 f'run folder "{cfg.data.save_dir}" already holds a run ({", ".join(previous)}): '
                 'continue it with train.resume True, or give this run another data.save_dir')
         return 0
-    start_epoch, _ = checkpoints.load_training_state(path, unwrap(model), num_classes, optimizer,
-                                                     scheduler, trust=cfg.model.trust_checkpoint,
-                                                     precision=mixed)
+    start_epoch, checkpoint = checkpoints.load_training_state(
+        path, unwrap(model), num_classes, optimizer, scheduler, trust=cfg.model.trust_checkpoint,
+        precision=mixed)
     if distributed.is_main_process():
-        drop_torn_last_line(cfg.data.save_dir)
+        restore_history(cfg.data.save_dir, start_epoch, checkpoint.get('history'))
     print(f'Resumed from "{path}": continuing at epoch {start_epoch + 1}')
     return start_epoch
 

@@ -6,7 +6,8 @@ process ends, killed or not, so a dead run never blocks the next; a second
 run on a locked folder is refused, naming the holder's pid), and removes the
 hidden ``.part`` files that a run killed while saving left behind.
 
-:func:`read_history` reads ``history.jsonl``, dropping a torn last line.
+:func:`read_history` reads ``history.jsonl``, dropping a torn last line;
+:func:`restore_history` makes it end at the checkpoint a run resumes from.
 """
 import fcntl
 import glob
@@ -124,15 +125,36 @@ def read_history(save_dir):
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 
-def drop_torn_last_line(save_dir):
-    """Removes a torn last line of ``history.jsonl`` before a resumed run appends
-    to it (atomically), so that the file is whole JSON lines again."""
+def restore_history(save_dir, epoch, record=None):
+    """Makes ``history.jsonl`` end at the checkpoint a run resumes from, before
+    the resumed run appends to it (rewritten atomically when it changes).
+
+    A torn last line is dropped with a warning. The engine writes an epoch's
+    line just after its checkpoint, so a crash between the two leaves the
+    checkpoint's epoch without a line: ``record``, the line the checkpoint
+    keeps, is put back.
+
+    Args:
+        save_dir (str): the run folder.
+        epoch (int): the epoch of the checkpoint resumed from (1-based).
+        record (dict): that epoch's history record, as the checkpoint holds
+            it (None for checkpoints written before it did).
+    """
     path = osp.join(save_dir, HISTORY)
+    data = _bytes_of(path)
+    if data and not data.endswith(b'\n'):
+        data = data[:data.rfind(b'\n') + 1]
+        write_file(path, data)
+        warnings.warn(f'"{path}": dropped its last line, cut short by an interrupted write')
+    if record is not None and epoch not in [r['epoch'] for r in read_history(save_dir)]:
+        write_file(path, data + (json.dumps(record) + '\n').encode())
+        print(f'"{path}": put back the line of epoch {epoch}, kept in its checkpoint '
+              '(the run stopped between the two writes)')
+
+
+def _bytes_of(path):
+    """The content of ``path``; empty when it does not exist."""
     if not osp.isfile(path):
-        return
+        return b''
     with open(path, 'rb') as f:
-        data = f.read()
-    if not data or data.endswith(b'\n'):
-        return
-    write_file(path, data[:data.rfind(b'\n') + 1])
-    warnings.warn(f'"{path}": dropped its last line, cut short by an interrupted write')
+        return f.read()

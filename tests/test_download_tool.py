@@ -8,8 +8,6 @@ import hashlib
 import importlib.util
 import io
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -206,14 +204,12 @@ def test_incomplete_image_folder_is_not_overwritten(tmp_path, server, offline, m
     assert _tree(root / MARKET_IMAGES) == ['query']
 
 
-def test_command_line_layout(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'download.py'),
-                           '--root', str(tmp_path), '--layout'],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, 'TORCH_HOME': str(tmp_path / 'torch-home')})
-    assert proc.returncode == 0, proc.stderr
-    assert f'  [missing] {tmp_path}/{MARKET_IMAGES}/bounding_box_train/\n' in proc.stdout
-    assert f'  [missing] {tmp_path}/{DUKE_IMAGES}/query/\n' in proc.stdout
+def test_command_line_layout(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch-home'))
+    assert tool.main(['--root', str(tmp_path), '--layout']) == 0
+    out = capsys.readouterr().out
+    assert f'  [missing] {tmp_path}/{MARKET_IMAGES}/bounding_box_train/\n' in out
+    assert f'  [missing] {tmp_path}/{DUKE_IMAGES}/query/\n' in out
 
 
 def test_nothing_asked_is_a_usage_error(capsys):

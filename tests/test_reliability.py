@@ -17,6 +17,7 @@ import torch
 from alfo_torchreid import atomic, checkpoints, compat
 from alfo_torchreid.attributes import DUKE_SCHEMA
 from alfo_torchreid.errors import CheckpointError, TrainingError
+from alfo_torchreid.run_folder import restore_history
 from alfo_torchreid.toy import write_attribute_mat
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,6 +352,40 @@ def test_resuming_with_nothing_to_train_says_so_and_changes_no_file(finished_run
     assert ('Nothing to train: the run in' in out and 'is at epoch 1 and train.max_epoch is 1; '
             'no file was changed' in out)
     assert _snapshot(run) == before
+
+
+def test_a_run_killed_between_its_last_checkpoint_and_history_line_ends_as_it_would(
+        finished_run, toy_root, tmp_path, capsys):
+    # found by benchmarks/kill_resume.py: killed after latest.pth.tar of the last
+    # epoch was written, before its history line, its final test and snapshot
+    run = _copy_run(finished_run, tmp_path)
+    (run / 'history.jsonl').write_text('')
+    for written_later in ('metrics.json', 'model/model.pth.tar-1'):
+        (run / written_later).unlink()
+    status, out, err = _main(capsys, toy_root, run, 'train.resume', 'True')
+    assert status == 0, err
+    assert 'put back the line of epoch 1, kept in its checkpoint' in out
+    assert (run / 'history.jsonl').read_bytes() == (finished_run / 'history.jsonl').read_bytes()
+    snapshots = [checkpoints.load_checkpoint(r / 'model' / 'model.pth.tar-1')
+                 for r in (finished_run, run)]
+    assert snapshots[0]['rank1'] == snapshots[1]['rank1'] is not None
+    for name, tensor in snapshots[0]['state_dict'].items():
+        assert torch.equal(tensor, snapshots[1]['state_dict'][name]), name
+    results = [json.loads((r / 'metrics.json').read_text())['results'] for r in (finished_run, run)]
+    assert results[0] == results[1]
+
+
+def test_restoring_the_history_keeps_whole_lines_up_to_the_checkpoint(tmp_path):
+    lines = [json.dumps({'epoch': e, 'loss': 1.0 / e}) + '\n' for e in (1, 2, 3)]
+    (tmp_path / 'history.jsonl').write_text(lines[0] + lines[1][:9])  # epoch 2's line torn
+    with pytest.warns(UserWarning, match='dropped its last line'):
+        restore_history(str(tmp_path), 2, json.loads(lines[1]))
+    assert (tmp_path / 'history.jsonl').read_text() == lines[0] + lines[1]
+    restore_history(str(tmp_path), 2, json.loads(lines[1]))  # nothing missing: unchanged
+    assert (tmp_path / 'history.jsonl').read_text() == lines[0] + lines[1]
+    (tmp_path / 'history.jsonl').unlink()
+    restore_history(str(tmp_path), 1, json.loads(lines[0]))  # killed before the first line
+    assert (tmp_path / 'history.jsonl').read_text() == lines[0]
 
 
 def test_a_new_run_in_a_folder_holding_a_run_is_refused(finished_run, toy_root, tmp_path,

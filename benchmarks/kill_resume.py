@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Soak test of resume: SIGKILL training runs at random moments, resume each,
+and compare its end with an uninterrupted run.
+
+Not a speed benchmark: it counts kills survived. On the toy tree at ``--root``
+(``tools/make_toy_dataset.py`` defaults, written if absent) it trains
+``configs/alfo_toy.yaml`` deterministically for ``--epochs`` epochs once
+without interruption (T seconds, interpreter start included). Then, ``--kills``
+times, it starts the same run in a fresh folder, kills the process (SIGKILL: no
+chance to clean up) after a random 0.25 T to 0.95 T — during start-up, a step,
+a checkpoint write or the final test alike — and runs it again with
+``train.resume True``. The resumed run must end with status 0 and equal the
+uninterrupted one: the same checkpoint files (latest and snapshots) with every
+tensor bit for bit, the same history and the same metrics.
+
+Usage::
+
+    python benchmarks/kill_resume.py [--kills 10] [--epochs 4] [--seed 0] [--root R] [--out DIR]
+
+Prints one line per kill and a summary, and writes them to
+``benchmarks/results/kill_resume.json``.
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import torch
+
+from alfo_torchreid import checkpoints
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command(root, save_dir, epochs, *extra):
+    return [sys.executable, os.path.join(REPO, 'tools', 'main.py'), '--config-file',
+            os.path.join(REPO, 'configs', 'alfo_toy.yaml'), '--root', root,
+            'train.max_epoch', str(epochs), 'train.deterministic', 'True', 'train.stepsize', '[2]',
+            'data.save_dir', save_dir, *extra]
+
+
+def history(save_dir):
+    with open(os.path.join(save_dir, 'history.jsonl')) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != 'epoch_time'} for line in f]
+
+
+def results(save_dir):
+    with open(os.path.join(save_dir, 'metrics.json')) as f:
+        return json.load(f)['results']
+
+
+def differing_checkpoints(a, b):
+    """What differs between the checkpoints of two runs: a file only one has, or
+    ``file:tensor`` for a tensor that is not bit for bit the same."""
+    names = [sorted(os.listdir(os.path.join(d, 'model'))) for d in (a, b)]
+    if names[0] != names[1]:
+        return [f'files {names[0]} != {names[1]}']
+    differing = []
+    for name in names[0]:
+        tensors = [checkpoints.load_checkpoint(os.path.join(d, 'model', name))['state_dict']
+                   for d in (a, b)]
+        differing += [f'{name}:{t}' for t in tensors[0]
+                      if not torch.equal(tensors[0][t], tensors[1][t])]
+    return differing
+
+
+def trial(args, folder, whole, delay):
+    """Starts a run in ``folder``, SIGKILLs it after ``delay`` seconds, resumes
+    it to its end; returns what was on disk and whether the end equals ``whole``."""
+    proc = subprocess.Popen(command(args.root, folder, args.epochs),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=delay)
+        killed = False  # it ended first
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        killed = True
+    on_disk = len(history(folder)) if os.path.exists(os.path.join(folder, 'history.jsonl')) else 0
+    resumed = subprocess.run(command(args.root, folder, args.epochs, 'train.resume', 'True'),
+                             capture_output=True, text=True)
+    differing = (differing_checkpoints(whole, folder) if resumed.returncode == 0
+                 else ['(not finished)'])
+    result = {
+        'delay_s': round(delay, 1), 'killed': killed, 'epochs_on_disk_at_kill': on_disk,
+        'final_status': resumed.returncode, 'stderr_tail': resumed.stderr[-300:],
+        'differing_tensors': differing,
+        'identical': not differing and history(whole) == history(folder)
+        and results(whole) == results(folder),
+    }
+    print(f'killed after {delay:.1f} s with {on_disk} of {args.epochs} epochs on disk: '
+          f'resume ended with status {resumed.returncode}, '
+          f'{"identical" if result["identical"] else "DIFFERENT"}')
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--kills', type=int, default=10)
+    parser.add_argument('--epochs', type=int, default=4)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--root', default='toy-data')
+    parser.add_argument('--out', default='log/kill_resume')
+    parser.add_argument('--json', default=os.path.join(REPO, 'benchmarks', 'results',
+                                                       'kill_resume.json'))
+    args = parser.parse_args()
+    if not os.path.isdir(os.path.join(args.root, 'market1501')):
+        subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'make_toy_dataset.py'),
+                        '--root', args.root, '--dataset', 'market1501'], check=True)
+    if os.path.exists(args.out):
+        sys.exit(f'error: "{args.out}" exists: give another --out')
+    whole, killed = os.path.join(args.out, 'whole'), os.path.join(args.out, 'killed')
+
+    start = time.time()
+    subprocess.run(command(args.root, whole, args.epochs), check=True, capture_output=True)
+    seconds = time.time() - start
+    print(f'uninterrupted run: {seconds:.0f} s')
+
+    draw = random.Random(args.seed)
+    trials = [trial(args, killed + f'-{k + 1}', whole, draw.uniform(0.25, 0.95) * seconds)
+              for k in range(args.kills)]
+    summary = {'kills': len(trials),
+               'survived': sum(t['final_status'] == 0 and t['identical'] for t in trials),
+               'epochs': args.epochs, 'seed': args.seed, 'uninterrupted_s': seconds,
+               'trials': trials}
+    print(f'{summary["survived"]} of {summary["kills"]} killed runs resumed to the '
+          'uninterrupted run\'s checkpoints, history and metrics')
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, 'w') as f:
+        json.dump(summary, f, indent=2)
+    return 0 if summary['survived'] == summary['kills'] else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
