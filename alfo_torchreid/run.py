@@ -170,13 +170,10 @@ def _run(cfg, log):
             write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
     engine = build_engine(cfg, datamanager, model, optimizer, scheduler, mixed)
     if cfg.test.evaluate or final_test_only:
-        # results and TensorBoard name the epoch of the weights tested
+        # results, TensorBoard and (after torchreid's final test, when its loop
+        # has no epoch left to train) the final snapshot name the epoch tested
         engine.epoch = max((trained_epoch if cfg.test.evaluate else start_epoch) - 1, 0)
-    engine.run(**config.engine_run_kwargs(cfg), test_only=cfg.test.evaluate or final_test_only)
-    if final_test_only:
-        # what torchreid's run writes after its final test, which the stopped run missed
-        rank1 = list(engine.results.values())[-1]['rank1']
-        engine.save_model(engine.epoch, rank1, cfg.data.save_dir)
+    engine.run(**config.engine_run_kwargs(cfg), test_only=cfg.test.evaluate)
     if distributed.is_main_process():
         save_metrics(cfg, engine, trained_epoch if cfg.test.evaluate else cfg.train.max_epoch)
     return engine

@@ -107,10 +107,13 @@ def read_history(save_dir):
         RunFolderError: a line other than the last is not a JSON record.
     """
     path = osp.join(save_dir, HISTORY)
-    if not osp.isfile(path):
-        return []
-    with open(path, 'rb') as f:
-        lines = f.read().decode('utf-8', errors='replace').splitlines()
+    return _records(_bytes_of(path), path)
+
+
+def _records(data, path):
+    """The per-epoch records of the bytes ``data`` of the history file ``path``
+    (see :func:`read_history`)."""
+    lines = data.decode('utf-8', errors='replace').splitlines()
     by_epoch = {}
     for number, line in enumerate(lines, 1):
         try:
@@ -119,7 +122,7 @@ def read_history(save_dir):
         except (ValueError, KeyError, TypeError):
             if number < len(lines):
                 raise RunFolderError(f'"{path}" line {number} is not a history record '
-                                  f'({line[:60]!r}); the file is damaged') from None
+                                     f'({line[:60]!r}); the file is damaged') from None
             warnings.warn(f'"{path}": dropped its last line, cut short by an interrupted '
                           f'write ({line[:60]!r})')
     return [by_epoch[k] for k in sorted(by_epoch)]
@@ -142,14 +145,15 @@ def restore_history(save_dir, epoch, record=None):
     """
     path = osp.join(save_dir, HISTORY)
     data = _bytes_of(path)
-    if data and not data.endswith(b'\n'):
-        data = data[:data.rfind(b'\n') + 1]
-        write_file(path, data)
+    kept = data[:data.rfind(b'\n') + 1]  # whole lines
+    if kept != data:
         warnings.warn(f'"{path}": dropped its last line, cut short by an interrupted write')
-    if record is not None and epoch not in [r['epoch'] for r in read_history(save_dir)]:
-        write_file(path, data + (json.dumps(record) + '\n').encode())
+    if record is not None and epoch not in [r['epoch'] for r in _records(kept, path)]:
+        kept += (json.dumps(record) + '\n').encode()
         print(f'"{path}": put back the line of epoch {epoch}, kept in its checkpoint '
               '(the run stopped between the two writes)')
+    if kept != data:
+        write_file(path, kept)
 
 
 def _bytes_of(path):
