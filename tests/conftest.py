@@ -13,7 +13,15 @@ tree; copy it (``shutil.copytree``) to damage it.
 
 ``market_mat`` / ``duke_mat``: the real annotation files in ``../shared/data``,
 or a skip when they are absent.
+
+``module_tmp``: folders for a module's shared fixtures, removed once the
+module's tests have passed. With pytest.ini's retention policy (the folders of
+passed tests go at once) the suite never holds more than about one module's
+checkpoints on disk: each training run leaves a few hundred MB (ResNet-50 and
+its optimizer state). ``remove_resume_states`` frees what a module keeps but
+does not read.
 """
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,6 +52,32 @@ def toy_datasets(tmp_path_factory):
 def toy_root(toy_datasets):
     """pathlib.Path: the root holding ``market1501/`` and ``dukemtmc-reid/``."""
     return toy_datasets['market1501'].root
+
+
+@pytest.fixture(scope='module')
+def module_tmp(tmp_path_factory, request):
+    """``make(name) -> pathlib.Path``: a new folder, kept until the end of the
+    module, and after it only if one of the module's tests failed (to look into)."""
+    failed_before = request.session.testsfailed
+    made = []
+
+    def make(name):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if request.session.testsfailed == failed_before:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_resume_states(folder, keep=()):
+    """Removes the ``model/latest.pth.tar`` (3/4 of a finished toy run's bytes)
+    of every run under ``folder`` but those whose folder, relative to
+    ``folder``, is in ``keep``."""
+    for latest in Path(folder).glob('**/model/latest.pth.tar'):
+        if str(latest.parent.parent.relative_to(folder)) not in keep:
+            latest.unlink()
 
 
 def _real_attribute_file(name):

@@ -13,9 +13,9 @@ from alfo_run import toy_config, toy_engine
 
 
 @pytest.fixture(scope='module')
-def engine(toy_root, alfo_weights, tmp_path_factory):
+def engine(toy_root, alfo_weights, module_tmp):
     """ALFO's engine on the toy data, attr_rerank_weight 0 (tests change it)."""
-    return toy_engine(toy_config(toy_root, tmp_path_factory.mktemp('rerank')), alfo_weights)
+    return toy_engine(toy_config(toy_root, module_tmp('rerank')), alfo_weights)
 
 
 @pytest.fixture(scope='module')

@@ -208,9 +208,9 @@ METRICS_CASES = metrics_cases(RNG, 30)
 
 
 @pytest.fixture(scope='module')
-def earlier_run(tmp_path_factory):
+def earlier_run(module_tmp):
     """The folder of an earlier, finished run (its files are what must not change)."""
-    run = tmp_path_factory.mktemp('earlier') / 'run'
+    run = module_tmp('earlier') / 'run'
     (run / 'model').mkdir(parents=True)
     (run / 'config.yaml').write_text(TOY_CONFIG.read_text())
     (run / 'history.jsonl').write_text('{"epoch": 1, "loss": 3.2}\n')

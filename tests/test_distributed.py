@@ -24,6 +24,7 @@ from alfo_torchreid import checkpoints, distributed
 from alfo_torchreid.errors import ConfigError
 from alfo_torchreid.losses import ALFOLoss, vote
 from alfo_torchreid.models.alfo import ALFOOutputs
+from conftest import remove_resume_states
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
@@ -150,12 +151,14 @@ def one_process(tmp, name, toy_root):
 
 
 @pytest.fixture(scope='module')
-def runs(toy_root, tmp_path_factory):
+def runs(toy_root, module_tmp):
     """The same training with 2 processes and with 1 (global batch 16 either way)."""
-    tmp = tmp_path_factory.mktemp('torchrun')
+    tmp = module_tmp('torchrun')
     proc, folder, records = torchrun(tmp, 'p2', toy_root, 2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {2: (folder, records), 1: one_process(tmp, 'p1', toy_root)}
+    one = one_process(tmp, 'p1', toy_root)
+    remove_resume_states(tmp)
+    return {2: (folder, records), 1: one}
 
 
 def test_processes_see_disjoint_shares_of_the_global_batches(runs):

@@ -36,11 +36,11 @@ def make_engine(datamanager, lr=1e-3, seed=0, **loss_options):
 
 
 @pytest.fixture(scope='module')
-def trained(toy_root, tmp_path_factory):
+def trained(toy_root, module_tmp):
     """One short ALFO run; returns (engine, save_dir, printed output)."""
     torchreid.utils.set_random_seed(0)
     engine = make_engine(make_datamanager(toy_root))
-    save_dir = tmp_path_factory.mktemp('alfo-run')
+    save_dir = module_tmp('alfo-run')
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         engine.run(save_dir=str(save_dir), max_epoch=EPOCHS, print_freq=100)

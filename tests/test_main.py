@@ -47,9 +47,9 @@ def metrics(save_dir):
 
 
 @pytest.fixture(scope='module')
-def runs(toy_root, tmp_path_factory):
+def runs(toy_root, module_tmp):
     """One-epoch ALFO and PCB runs on the toy tree: {'alfo': dir, 'pcb': dir}."""
-    base = tmp_path_factory.mktemp('runs')
+    base = module_tmp('runs')
     out = {}
     for name in ('alfo', 'pcb'):
         train(f'{name}_toy.yaml', toy_root, base / name)
@@ -73,11 +73,11 @@ def test_run_writes_metrics_checkpoint_and_logs(runs, name):
 
 
 @pytest.fixture(scope='module')
-def evaluation(runs, toy_root, tmp_path_factory):
+def evaluation(runs, toy_root, module_tmp):
     """The README's eval-only command on a copy of the ALFO run, with visrank:
     (run folder, its files before, CompletedProcess)."""
-    run = tmp_path_factory.mktemp('evaluated') / 'alfo'
-    shutil.copytree(runs['alfo'], run)
+    run = module_tmp('evaluated') / 'alfo'
+    shutil.copytree(runs['alfo'], run, ignore=shutil.ignore_patterns('latest.pth.tar'))
     before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
     proc = main_here('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
                      *TINY, 'data.save_dir', run, 'test.evaluate', 'True',

@@ -24,10 +24,10 @@ def tool(name, *args):
 
 
 @pytest.fixture(scope='module')
-def predicted(alfo_weights, toy_root, tmp_path_factory):
+def predicted(alfo_weights, toy_root, module_tmp):
     """tools/predict.py on a copy of the toy query folder plus a corrupt image:
     (CompletedProcess, images folder, output folder)."""
-    folder = tmp_path_factory.mktemp('images')
+    folder = module_tmp('images')
     shutil.copytree(toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query', folder / 'q')
     (folder / 'q' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not the rest of a JPEG')
     out = folder / 'out'

@@ -19,6 +19,10 @@ So that they run on the CPU in seconds, and nothing else, these are substituted
 
 Commands that need a network, several GPUs or hours are skipped with the
 reason (:data:`SKIPPED`); the reason names the test that covers them.
+
+After each step, the ``latest.pth.tar`` of every run that no later step resumes
+is removed (a few hundred MB each; what later steps read, the numbered
+snapshots, histories and metrics, stays).
 """
 import contextlib
 import io
@@ -30,7 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY_SETTINGS
+from alfo_torchreid import config
+from conftest import TOY_SETTINGS, remove_resume_states
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / 'README.md'
@@ -107,9 +112,9 @@ def substituted(text, toy_root):
 
 
 @pytest.fixture(scope='module')
-def scratch(tmp_path_factory, toy_root):
+def scratch(module_tmp, toy_root):
     """The folder a user runs the README in: configs, the demo's toy-data, photos."""
-    folder = tmp_path_factory.mktemp('readme')
+    folder = module_tmp('readme')
     (folder / 'configs').symlink_to(REPO / 'configs')
     (folder / 'toy-data').symlink_to(toy_root)
     queries = sorted((toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query').glob('*.jpg'))
@@ -119,6 +124,19 @@ def scratch(tmp_path_factory, toy_root):
     for image in queries[1:4]:
         shutil.copy(image, folder / 'photos' / image.name)
     return folder
+
+
+def resumed_folders(steps):
+    """The ``data.save_dir`` of each run that one of ``steps`` resumes
+    (``train.resume True``): the override, or the config file's."""
+    folders = set()
+    for _, text in steps:
+        if 'train.resume True' in text:
+            given = re.search(r'data\.save_dir (\S+)', text)
+            config_file = re.search(r'--config-file (\S+)', text).group(1)
+            folders.add(given.group(1) if given else
+                        config.load_config(str(REPO / config_file)).data.save_dir)
+    return folders
 
 
 def run_bash(command, toy_root):
@@ -177,3 +195,4 @@ def test_readme_step(number, scratch, toy_root, monkeypatch, capsys):
     assert status in (0, None), f'{text}\nexit status {status}\n{output.out[-3000:]}' \
                                 f'{output.err[-3000:]}'
     assert 'Traceback' not in output.out + output.err
+    remove_resume_states(scratch, keep=resumed_folders(STEPS[number + 1:]))

@@ -293,9 +293,9 @@ TINY = ['train.max_epoch', '1', 'train.batch_size', '16', 'test.batch_size', '64
 
 
 @pytest.fixture(scope='module')
-def finished_run(toy_root, tmp_path_factory):
+def finished_run(toy_root, module_tmp):
     """A one-epoch toy ALFO run, trained in-process."""
-    run = tmp_path_factory.mktemp('finished') / 'run'
+    run = module_tmp('finished') / 'run'
     status = MAIN(['--config-file', str(REPO / 'configs' / 'alfo_toy.yaml'), '--root',
                    str(toy_root), 'data.save_dir', str(run), *TINY])
     assert status == 0

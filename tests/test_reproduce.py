@@ -54,11 +54,11 @@ def interrupt_after(method, save_dir):
 
 
 @pytest.fixture(scope='module')
-def reproduction(toy_root, tmp_path_factory):
+def reproduction(toy_root, module_tmp):
     """A quick reproduction on the toy tree, run four times: (1) stopped by
     Ctrl-C after the first of the two epochs of its ALFO run, (2) stopped in the
     final test of its PCB run, (3) to its end, (4) once more."""
-    out = tmp_path_factory.mktemp('reproduce') / 'market'
+    out = module_tmp('reproduce') / 'market'
     args = ['--dataset', 'market1501', '--quick', '--root', toy_root, '--out', out, *TINY]
     runs = {name: out / name / 'seed1' for name in ORDER}
     invocations, files = [], []
@@ -122,6 +122,12 @@ def test_a_run_stopped_in_its_final_test_gets_its_last_checkpoint_tested(reprodu
     assert tested['results']['market1501_attr']['epoch'] == 2
     assert [json.loads(line)['epoch'] for line in
             (pcb / 'history.jsonl').read_text().splitlines()] == [1, 2]
+
+
+def test_a_finished_run_keeps_its_weights_and_drops_its_resume_state(reproduction):
+    assert 'model/latest.pth.tar' not in reproduction['files'][0]['local_only']
+    for run in reproduction['runs'].values():
+        assert sorted(p.name for p in (run / 'model').iterdir()) == ['model.pth.tar-2']
 
 
 def test_a_finished_reproduction_trains_nothing(reproduction):

@@ -36,9 +36,9 @@ def trained(alfo_weights):
 
 
 @pytest.fixture(scope='module')
-def index(trained, toy_root, tmp_path_factory):
+def index(trained, toy_root, module_tmp):
     """A torch-backend index of the toy gallery."""
-    folder = tmp_path_factory.mktemp('index')
+    folder = module_tmp('index')
     built, _ = gallery_index.build_index(folder, trained, [gallery_dir(toy_root)], 'torch')
     return built
 

@@ -197,12 +197,12 @@ def test_unknown_name_or_missing_file(tmp_path):
 # loading ---------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def zoo_checkpoint(tmp_path_factory):
+def zoo_checkpoint(module_tmp):
     """(path, state): a torchreid model-zoo style checkpoint of a resnet50 with
     a 751-way classifier, as torchreid's save_checkpoint writes it."""
     torch.manual_seed(0)
     state = torchreid.models.build_model('resnet50', 751, pretrained=False).state_dict()
-    path = tmp_path_factory.mktemp('zoo') / ZOO_FILE
+    path = module_tmp('zoo') / ZOO_FILE
     torch.save({'state_dict': state, 'epoch': 60, 'rank1': np.float64(0.879)}, path)
     return path, state
 
