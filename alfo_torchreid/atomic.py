@@ -24,6 +24,8 @@ class PartialFile:
             partial.sync()
             partial.replace()
 
+    :func:`replacing` is that block for a writer that needs nothing but the file.
+
     Attributes:
         dest (str): the absolute path of the destination.
         path (str): the temporary file, ``.<name of dest>.<12 hex digits>.part``.

@@ -112,6 +112,11 @@ class AttributeSchema:
         return forms
 
     @property
+    def colour_members(self):
+        """The attributes that belong to a colour group."""
+        return frozenset(m for members in self.colour_groups.values() for m in members)
+
+    @property
     def binary(self):
         """Indices of the binary attributes, in order."""
         return tuple(i for i, c in enumerate(self.num_classes) if c == 2)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from alfo_torchreid import distributed
-from alfo_torchreid.atomic import PartialFile
+from alfo_torchreid.atomic import replacing
 from alfo_torchreid.errors import CheckpointError, TrainingError, UntrustedCheckpointError
 
 LATEST = 'latest.pth.tar'
@@ -56,10 +56,8 @@ def atomic_save(obj, fpath):
     If writing fails at any point, the previous ``fpath`` (if any) is intact
     and no temporary file is left behind (see :mod:`alfo_torchreid.atomic`).
     """
-    with PartialFile(fpath) as partial:
-        torch.save(obj, partial.file)
-        partial.sync()
-        partial.replace()
+    with replacing(fpath) as f:
+        torch.save(obj, f)
 
 
 def non_finite_tensors(state_dict):

@@ -460,7 +460,7 @@ def check_config(cfg):
             f'sampler.num_instances {cfg.sampler.num_instances} (RandomIdentitySampler takes '
             f'that many images of each identity)')
     rerank = cfg.test.attr_rerank_weight
-    if rerank and not (cfg.model.name.startswith('alfo') and a.local_branch):
+    if rerank and not (is_alfo(cfg) and a.local_branch):
         raise ConfigError(f'test.attr_rerank_weight {rerank} needs predicted attributes: '
                           'model.name alfo or alfo_duke with alfo.local_branch True')
     check_precision(cfg)
@@ -474,7 +474,7 @@ def check_precision(cfg):
         raise ConfigError(
             'train.amp fp16 needs CUDA (use_gpu True on a machine with a GPU): its gradient '
             'scaling is for GPUs; on the CPU use train.amp bf16')
-    if amp != 'off' and not cfg.model.name.startswith('alfo'):
+    if amp != 'off' and not is_alfo(cfg):
         raise ConfigError(
             f'train.amp {amp} is for ALFO models, whose engine computes the loss in fp32; '
             f'torchreid\'s engine trains {cfg.model.name} in fp32: set train.amp off')
@@ -591,6 +591,11 @@ def engine_run_kwargs(cfg):
         'ranks': cfg.test.ranks,
         'rerank': cfg.test.rerank,
     }
+
+
+def is_alfo(cfg):
+    """Whether ``model.name`` is one of ALFO's (``alfo`` and its variants)."""
+    return cfg.model.name.startswith('alfo')
 
 
 def alfo_model_kwargs(cfg):

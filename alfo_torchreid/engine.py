@@ -476,7 +476,8 @@ class ImageFocalVoteEngine(BaselineEngine):
         for q, (path, pid, camid, _) in enumerate(query_items):
             # as torchreid: the query's own camera's images of its identity are left out
             valid = ~((gallery.pids == pid) & (gallery.camids == camid))
-            ranked = [g for g in np.argsort(distmat[q], kind='stable') if valid[g]][:topk]
+            order = np.argsort(distmat[q], kind='stable')
+            ranked = order[valid[order]][:topk]
             name = osp.splitext(osp.basename(path))[0]
             draw_ranking(path, named_query[q],
                          [(gallery_items[g][0], distmat[q, g], named_gallery[g]) for g in ranked],

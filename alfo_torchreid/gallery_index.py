@@ -87,9 +87,8 @@ def has_index(folder):
     return osp.isfile(osp.join(folder, META_FILE))
 
 
-def load_index(folder, mmap=True):
-    """Reads the index in ``folder``; features and attributes memory-mapped
-    unless ``mmap`` is False.
+def load_index(folder):
+    """Reads the index in ``folder``; features and attributes memory-mapped.
 
     Raises:
         SearchError: no index there, or one that is damaged or of another format.
@@ -105,8 +104,7 @@ def load_index(folder, mmap=True):
             raise SearchError(f'gallery index "{folder}" has format {meta.get("format")!r}; '
                               f'this version reads format {FORMAT}: rebuild it')
         paths, stamps = _read_items(osp.join(folder, meta['files']['items']))
-        mode = 'r' if mmap else None
-        arrays = [np.load(osp.join(folder, meta['files'][key]), mmap_mode=mode)
+        arrays = [np.load(osp.join(folder, meta['files'][key]), mmap_mode='r')
                   for key in ('features', 'attributes')]
     except (OSError, ValueError, KeyError) as exc:
         raise SearchError(f'gallery index "{folder}" is damaged ({exc}): rebuild it') from None
@@ -171,24 +169,24 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
     search_settings(backend, len(paths))  # refuse a backend before extracting anything
     stamps = {path: file_stamp(path) for path in paths}
     old_rows = {} if old is None else {path: row for row, path in enumerate(old.paths)}
-    kept = [old_rows[p] for p in paths if p in old_rows and old.stamps[old_rows[p]] == stamps[p]]
-    kept.sort()
-    kept_paths = {old.paths[row] for row in kept}
-    predictions = predict(trained, [p for p in paths if p not in kept_paths], batch_size,
+    kept = sorted(old_rows[p] for p in paths
+                  if p in old_rows and old.stamps[old_rows[p]] == stamps[p])
+    kept_paths = [old.paths[row] for row in kept]
+    unchanged = set(kept_paths)
+    predictions = predict(trained, [p for p in paths if p not in unchanged], batch_size,
                           workers, progress)
     features = trained.search_features(predictions.features)
-    if old is not None:
+    attributes = predictions.attributes
+    if kept:
         features = np.concatenate([old.features[kept], features])
-        attributes = np.concatenate([old.attributes[kept], predictions.attributes])
-    else:
-        attributes = predictions.attributes
-    new_paths = predictions.paths if old is None else \
-        [old.paths[row] for row in kept] + predictions.paths
+        attributes = np.concatenate([old.attributes[kept], attributes])
+    new_paths = kept_paths + predictions.paths
     meta = {'format': FORMAT, 'count': len(new_paths), 'identity': trained.identity,
             'weights': trained.weights, 'config': trained.config_file,
             'backend': {'kind': backend, **search_settings(backend, len(new_paths))}}
     write_generation(folder, meta, new_paths, [stamps[p] for p in new_paths],
-                     features.astype(np.float32), attributes.astype(np.float32))
+                     features.astype(np.float32, copy=False),
+                     attributes.astype(np.float32, copy=False))
     changed = sum(1 for p in predictions.paths if p in old_rows)
     report = UpdateReport(kept=len(kept), added=len(predictions.paths) - changed,
                           changed=changed, removed=len(old_rows) - len(kept) - changed,

@@ -118,7 +118,7 @@ def load_trained_alfo(weights, config_file='', trust=False, device=None):
         raise ConfigError(f'config "{config_file}" of checkpoint "{weights}" does not exist: '
                           'pass --config, the config.yaml of the run that trained it')
     cfg = config.load_config(config_file)
-    if not cfg.model.name.startswith('alfo'):
+    if not config.is_alfo(cfg):
         raise ConfigError(f'config "{config_file}" is of model {cfg.model.name!r}, not ALFO')
     schema = AttributeSchema.from_dict(signature['schema'])
     model = ALFO(signature['num_classes'], schema=schema, pretrained=False,
@@ -289,18 +289,18 @@ def write_predictions(out_dir, predictions, schema):
         np.save(f, predictions.features)
     table = io.StringIO()
     writer = csv.writer(table, lineterminator='\n')
-    writer.writerow(['path', *choices(schema)])
+    names = choices(schema)
+    writer.writerow(['path', *names])
     writer.writerows([path, *(c for c, _ in row.values())]
                      for path, row in zip(predictions.paths, named))
     write_file(osp.join(out_dir, INDEX_FILE), table.getvalue().encode())
-    class_names = [schema.class_names(n) for n in schema.names]
     with replacing(osp.join(out_dir, JSONL_FILE)) as f:
         for path, row, probs in zip(predictions.paths, named,
                                     zip(*split_attributes(predictions.attributes, schema))):
             record = {'path': path,
                       'predicted': {n: [c, round(p, 4)] for n, (c, p) in row.items()},
-                      'probabilities': {n: dict(zip(classes, np.round(p.tolist(), 4).tolist()))
-                                        for n, classes, p in zip(schema.names, class_names, probs)}}
+                      'probabilities': {n: dict(zip(names[n], np.round(p.tolist(), 4).tolist()))
+                                        for n, p in zip(schema.names, probs)}}
             f.write((json.dumps(record) + '\n').encode())
 
 
@@ -308,10 +308,9 @@ def prediction_table(predictions, schema, max_images=4):
     """A text table of the first ``max_images`` images' predictions: one row per
     attribute (colour groups as one row each), cells like ``female 0.93``."""
     named = named_predictions(predictions.attributes[:max_images], schema)
-    colours = {m for members in schema.colour_groups.values() for m in members}
     header = ['attribute'] + [osp.basename(p)[:24] for p in predictions.paths[:max_images]]
     rows = [[name] + [f'{image[name][0]} {image[name][1]:.2f}' for image in named]
-            for name in choices(schema) if name not in colours]
+            for name in choices(schema) if name not in schema.colour_members]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()
                      for r in [header] + rows)

@@ -452,8 +452,7 @@ def _ratio(numerator, denominator):
 
 
 def _group_accuracy(pred, target, schema, class_probs, accuracy):
-    in_colour_group = {name for members in schema.colour_groups.values() for name in members}
-    groups = {name: accuracy[name] for name in schema.names if name not in in_colour_group}
+    groups = {name: accuracy[name] for name in schema.names if name not in schema.colour_members}
     for group, members in schema.colour_groups.items():
         columns = [schema.index(name) for name in members]
         truth = target[:, columns]

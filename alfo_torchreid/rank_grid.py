@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from alfo_torchreid import compat
 from alfo_torchreid.atomic import replacing
+from alfo_torchreid.attributes import BINARY_CLASS_NAMES
 from alfo_torchreid.datasets import parse_image_name
 from alfo_torchreid.errors import DatasetError, ImageReadError
 
@@ -40,11 +41,11 @@ def attribute_summary(prediction, schema):
     """Short caption lines for one image's named predictions (as
     :func:`~alfo_torchreid.attribute_match.named_predictions` gives them)."""
     forms = schema.colour_forms()
-    members = {m for colours in forms.values() for m in colours.values()}
     classes = ' '.join(prediction[n][0] for n in SUMMARY_CLASSES if n in prediction)
     colours = ' '.join(f'{form[:-len("colour")]} {prediction[form][0]}' for form in forms)
-    worn = ' '.join(n for n in schema.names if n not in members and n not in SUMMARY_CLASSES
-                    and schema.class_names(n) == ('no', 'yes') and prediction[n][0] == 'yes')
+    worn = ' '.join(n for n in schema.names
+                    if n not in schema.colour_members and n not in SUMMARY_CLASSES
+                    and schema.class_names(n) == BINARY_CLASS_NAMES and prediction[n][0] == 'yes')
     return [line for line in (classes, colours, worn) if line]
 
 

@@ -217,15 +217,11 @@ def check_dataset_folder(root, name):
             '--layout prints the expected layout)')
 
 
-def is_alfo(cfg):
-    return cfg.model.name.startswith('alfo')
-
-
 def build_model(cfg, datamanager):
     """ALFO sized for the training data's attribute schema, or a torchreid
     model, with the ``model.pretrained`` weights."""
     num_classes = datamanager.num_train_pids
-    if is_alfo(cfg):
+    if config.is_alfo(cfg):
         schema = getattr(datamanager.train_loader.dataset, 'schema', None)
         if schema is None:
             raise DatasetError(
@@ -354,7 +350,7 @@ def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None):
                   channels_last=precision.uses_channels_last(cfg.train.channels_last,
                                                              cfg.use_gpu))
     triplet = cfg.loss.triplet
-    if is_alfo(cfg):
+    if config.is_alfo(cfg):
         kwargs = config.alfo_loss_kwargs(cfg)
         kwargs.pop('label_smooth')
         return ImageFocalVoteEngine(datamanager, model, optimizer, precision=mixed, **common,

@@ -26,6 +26,7 @@ from alfo_torchreid.attribute_match import (attribute_disagreement, attribute_re
 from alfo_torchreid.errors import SearchError
 
 BACKENDS = ('torch', 'faiss-flat', 'faiss-ivfpq')
+ADD_CHUNK = 100000  # rows copied into FAISS at a time (800 MB of 2048-d float32)
 IVFPQ_MIN_ITEMS = 10000  # FAISS wants >= 39 * 256 points to train 8-bit PQ codebooks
 IVFPQ_REFINE = 10  # IVF-PQ returns this many times the asked-for items, re-scored exactly
 AUTO_IVFPQ_ITEMS = 100000  # where IVF-PQ answers 10x faster than torch (benchmarks/README.md)
@@ -57,11 +58,8 @@ def default_backend(count):
 
 
 def search_settings(backend, count):
-    """The settings of ``backend`` for a gallery of ``count`` items.
-
-    IVF-PQ: ``nlist = round(sqrt(count))`` inverted lists, codes of ``m = 64``
-    bytes (8 bits per sub-vector), ``nprobe = 32`` lists visited per query.
-    """
+    """The settings of ``backend`` for a gallery of ``count`` items
+    (IVF-PQ's: :func:`ivfpq_settings`)."""
     if backend not in BACKENDS:
         raise SearchError(f'unknown search backend {backend!r}; expected one of {list(BACKENDS)}')
     if backend == 'torch':
@@ -72,6 +70,13 @@ def search_settings(backend, count):
     if count < IVFPQ_MIN_ITEMS:
         raise SearchError(f'faiss-ivfpq is for large galleries (at least {IVFPQ_MIN_ITEMS:,} '
                           f'images; this one has {count:,}): use faiss-flat or torch, both exact')
+    return ivfpq_settings(count)
+
+
+def ivfpq_settings(count):
+    """IVF-PQ's settings for ``count`` items: ``nlist = round(sqrt(count))``
+    inverted lists, codes of ``m = 64`` bytes (8 bits per sub-vector),
+    ``nprobe = 32`` lists visited per query."""
     return {'build': {'nlist': int(round(count ** 0.5)), 'm': 64}, 'nprobe': 32}
 
 
@@ -87,9 +92,15 @@ def build_ivfpq(features, nlist, m, train_size=None, seed=0):
     index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, m, 8)
     index.cp.seed = seed
     index.train(np.ascontiguousarray(features[sample], dtype=np.float32))
-    for start in range(0, num, 100000):  # in chunks: a memory-mapped gallery stays on disk
-        index.add(np.ascontiguousarray(features[start:start + 100000], dtype=np.float32))
+    add_in_chunks(index, features)
     return index
+
+
+def add_in_chunks(index, features):
+    """Adds ``features`` ``[N, D]`` to a FAISS ``index`` :data:`ADD_CHUNK` rows
+    at a time, so that a memory-mapped gallery stays on disk."""
+    for start in range(0, len(features), ADD_CHUNK):
+        index.add(np.ascontiguousarray(features[start:start + ADD_CHUNK], dtype=np.float32))
 
 
 class TorchSearch:
@@ -141,8 +152,7 @@ class FaissSearch:
     def flat(cls, features):
         faiss = import_faiss()
         index = faiss.IndexFlatL2(features.shape[1])
-        for start in range(0, len(features), 100000):
-            index.add(np.ascontiguousarray(features[start:start + 100000], dtype=np.float32))
+        add_in_chunks(index, features)
         return cls(index)
 
     def nearest(self, query, k, allowed=None):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from alfo_torchreid.search import FaissSearch, TorchSearch, build_ivfpq, import_faiss, \
-    search_settings
+    ivfpq_settings
 from bench_eval import machine
 
 DIM = 2048
@@ -116,8 +116,7 @@ def run_size(num, num_queries, scratch):
     flat = FaissSearch.flat(gallery)
     built['faiss-flat'] = (flat, time.perf_counter() - start, 4 * DIM * flat.index.ntotal)
 
-    settings = search_settings('faiss-ivfpq', num) if num >= 10000 else \
-        {'build': {'nlist': int(round(num ** 0.5)), 'm': 64}, 'nprobe': 32}
+    settings = ivfpq_settings(num)  # also below the tool's IVFPQ_MIN_ITEMS
     start = time.perf_counter()
     ivfpq_index = build_ivfpq(gallery, **settings['build'])
     ivfpq = FaissSearch(ivfpq_index, gallery, settings['nprobe'])

@@ -31,6 +31,8 @@ import time
 import torch
 
 from alfo_torchreid import checkpoints
+from alfo_torchreid.reproduce import ensure_toy_dataset
+from alfo_torchreid.run_folder import read_history
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,34 +44,34 @@ def command(root, save_dir, epochs, *extra):
             'data.save_dir', save_dir, *extra]
 
 
-def history(save_dir):
+def run_end(save_dir):
+    """What a finished run left: the names of its checkpoint files, their state
+    dicts, its history (without the epochs' wall times) and its metrics."""
+    names = sorted(os.listdir(os.path.join(save_dir, 'model')))
     with open(os.path.join(save_dir, 'history.jsonl')) as f:
-        return [{k: v for k, v in json.loads(line).items() if k != 'epoch_time'} for line in f]
-
-
-def results(save_dir):
+        history = [{k: v for k, v in json.loads(line).items() if k != 'epoch_time'}
+                   for line in f]
     with open(os.path.join(save_dir, 'metrics.json')) as f:
-        return json.load(f)['results']
+        results = json.load(f)['results']
+    return {'files': names, 'history': history, 'results': results,
+            'tensors': {name: checkpoints.load_checkpoint(
+                os.path.join(save_dir, 'model', name))['state_dict'] for name in names}}
 
 
 def differing_checkpoints(a, b):
-    """What differs between the checkpoints of two runs: a file only one has, or
-    ``file:tensor`` for a tensor that is not bit for bit the same."""
-    names = [sorted(os.listdir(os.path.join(d, 'model'))) for d in (a, b)]
-    if names[0] != names[1]:
-        return [f'files {names[0]} != {names[1]}']
-    differing = []
-    for name in names[0]:
-        tensors = [checkpoints.load_checkpoint(os.path.join(d, 'model', name))['state_dict']
-                   for d in (a, b)]
-        differing += [f'{name}:{t}' for t in tensors[0]
-                      if not torch.equal(tensors[0][t], tensors[1][t])]
-    return differing
+    """What differs between the checkpoints of two run ends (:func:`run_end`): a
+    file only one has, or ``file:tensor`` for a tensor that is not bit for bit
+    the same."""
+    if a['files'] != b['files']:
+        return [f'files {a["files"]} != {b["files"]}']
+    return [f'{name}:{t}' for name in a['files'] for t in a['tensors'][name]
+            if not torch.equal(a['tensors'][name][t], b['tensors'][name][t])]
 
 
 def trial(args, folder, whole, delay):
     """Starts a run in ``folder``, SIGKILLs it after ``delay`` seconds, resumes
-    it to its end; returns what was on disk and whether the end equals ``whole``."""
+    it to its end; returns what was on disk and whether the end equals
+    ``whole``, the uninterrupted run's :func:`run_end`."""
     proc = subprocess.Popen(command(args.root, folder, args.epochs),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -79,17 +81,17 @@ def trial(args, folder, whole, delay):
         proc.kill()
         proc.wait()
         killed = True
-    on_disk = len(history(folder)) if os.path.exists(os.path.join(folder, 'history.jsonl')) else 0
+    on_disk = len(read_history(folder))
     resumed = subprocess.run(command(args.root, folder, args.epochs, 'train.resume', 'True'),
                              capture_output=True, text=True)
-    differing = (differing_checkpoints(whole, folder) if resumed.returncode == 0
-                 else ['(not finished)'])
+    end = run_end(folder) if resumed.returncode == 0 else None
+    differing = differing_checkpoints(whole, end) if end else ['(not finished)']
     result = {
         'delay_s': round(delay, 1), 'killed': killed, 'epochs_on_disk_at_kill': on_disk,
         'final_status': resumed.returncode, 'stderr_tail': resumed.stderr[-300:],
         'differing_tensors': differing,
-        'identical': not differing and history(whole) == history(folder)
-        and results(whole) == results(folder),
+        'identical': not differing and whole['history'] == end['history']
+        and whole['results'] == end['results'],
     }
     print(f'killed after {delay:.1f} s with {on_disk} of {args.epochs} epochs on disk: '
           f'resume ended with status {resumed.returncode}, '
@@ -107,9 +109,7 @@ def main():
     parser.add_argument('--json', default=os.path.join(REPO, 'benchmarks', 'results',
                                                        'kill_resume.json'))
     args = parser.parse_args()
-    if not os.path.isdir(os.path.join(args.root, 'market1501')):
-        subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'make_toy_dataset.py'),
-                        '--root', args.root, '--dataset', 'market1501'], check=True)
+    ensure_toy_dataset(args.root, 'market1501')
     if os.path.exists(args.out):
         sys.exit(f'error: "{args.out}" exists: give another --out')
     whole, killed = os.path.join(args.out, 'whole'), os.path.join(args.out, 'killed')
@@ -120,7 +120,8 @@ def main():
     print(f'uninterrupted run: {seconds:.0f} s')
 
     draw = random.Random(args.seed)
-    trials = [trial(args, killed + f'-{k + 1}', whole, draw.uniform(0.25, 0.95) * seconds)
+    reference = run_end(whole)
+    trials = [trial(args, killed + f'-{k + 1}', reference, draw.uniform(0.25, 0.95) * seconds)
               for k in range(args.kills)]
     summary = {'kills': len(trials),
                'survived': sum(t['final_status'] == 0 and t['identical'] for t in trials),
