@@ -8,6 +8,7 @@ attributes for every image, and a filter would keep all or nothing.
 import contextlib
 import importlib.util
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -32,8 +33,37 @@ def load_tool(name):
     return module
 
 
-def gallery_dir(toy_root):
-    return Path(toy_root) / 'market1501' / 'Market-1501-v15.09.15' / 'bounding_box_test'
+def refused_run(capsys, toy_root, tmp_path, *opts):
+    """Runs tools/main.py on the toy config with ``opts`` in this process, asserts
+    that it was refused (status 2, one line, no run folder made) and returns the line."""
+    status = load_tool('main').main(['--config-file', str(CONFIG), '--root', str(toy_root),
+                                     'data.save_dir', str(tmp_path / 'run'), *opts])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert not (tmp_path / 'run').exists()  # refused before the run folder is made
+    return err[0]
+
+
+def assert_same_weights(path_a, path_b):
+    """Asserts that two checkpoints hold the same tensors, bit for bit; returns both."""
+    a, b = (load_checkpoint(p) for p in (path_a, path_b))
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    for name, tensor in a['state_dict'].items():
+        assert torch.equal(tensor, b['state_dict'][name]), name
+    return a, b
+
+
+def history_without_times(run):
+    """The records of ``run/history.jsonl`` without their wall times, which no
+    two runs share."""
+    lines = (Path(run) / 'history.jsonl').read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != 'epoch_time'} for line in lines]
+
+
+def market_split(root, split):
+    """The toy Market-1501 folder ``split`` (``bounding_box_train``,
+    ``bounding_box_test``, ``query``) under ``root``."""
+    return Path(root) / 'market1501' / 'Market-1501-v15.09.15' / split
 
 
 def toy_config(toy_root, save_dir, *opts):
@@ -79,7 +109,7 @@ def toy_images(paths):
 
 @torch.no_grad()
 def centre_attribute_logits(model, cfg):
-    images = toy_images(sorted(gallery_dir(cfg.data.root).glob('*.jpg')))
+    images = toy_images(sorted(market_split(cfg.data.root, 'bounding_box_test').glob('*.jpg')))
     logits = model.attribute_logits(images)  # [N, P, K]
     model.attribute_heads.bias -= logits.median(dim=0).values
 

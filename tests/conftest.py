@@ -106,3 +106,18 @@ def alfo_weights(toy_root, tmp_path_factory):
     (see alfo_run.write_run), for the tests of predict, search and export."""
     from alfo_run import write_run
     return write_run(tmp_path_factory.mktemp('alfo-run'), toy_root)
+
+
+@pytest.fixture(scope='session')
+def trained_alfo(alfo_weights):
+    """``alfo_weights`` loaded as the tools load it (``inference.load_trained_alfo``, CPU)."""
+    from alfo_torchreid import inference
+    return inference.load_trained_alfo(alfo_weights, device='cpu')
+
+
+@pytest.fixture(scope='session')
+def alfo_model(alfo_weights):
+    """The eval-mode ALFO of ``alfo_weights``, built by the tests' own code
+    (``alfo_run.checkpoint_model``): a reference independent of inference.py."""
+    from alfo_run import checkpoint_model
+    return checkpoint_model(alfo_weights)

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from alfo_torchreid import config
+from alfo_run import market_split
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
@@ -140,22 +141,19 @@ def _bad_yaml(rng, base):
     ])
 
 
-def _split(root, name):
-    return root / 'market1501' / 'Market-1501-v15.09.15' / name
-
-
 def tree_cases(rng, count):
     """(name, mutation of a copied toy tree) of trees that cannot be read."""
     def remove_split(root):
-        shutil.rmtree(_split(root, rng.choice(['bounding_box_train', 'bounding_box_test',
+        shutil.rmtree(market_split(root, rng.choice(['bounding_box_train', 'bounding_box_test',
                                                'query'])))
 
     def empty_split(root):
-        for image in _split(root, rng.choice(['bounding_box_train', 'query'])).iterdir():
+        for image in market_split(root, rng.choice(['bounding_box_train', 'query'])).iterdir():
             image.unlink()
 
     def bad_name(root):
-        folder = _split(root, rng.choice(['bounding_box_train', 'bounding_box_test', 'query']))
+        folder = market_split(root, rng.choice(['bounding_box_train', 'bounding_box_test',
+                                                'query']))
         image = rng.choice(sorted(folder.iterdir()))
         image.rename(folder / rng.choice(['photo.jpg', '0002_x1s1_000451_03.jpg',
                                           '0002_c9s1_000451_03.jpg', '9999_c1s1_000451_03.jpg']))

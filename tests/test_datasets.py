@@ -22,6 +22,7 @@ from alfo_torchreid.datasets import (DukeMTMCreIDAttr, Market1501Attr, attribute
 from alfo_torchreid.errors import (AttributeFileError, ConfigError, DatasetError, DownloadError,
                                    ImageReadError)
 from alfo_torchreid.toy import write_attribute_mat
+from alfo_run import market_split
 
 datasets.register()
 
@@ -189,10 +190,6 @@ def market_copy(toy_root, tmp_path_factory):
     return root
 
 
-def _split_dir(root, split):
-    return root / 'market1501' / 'Market-1501-v15.09.15' / split
-
-
 def test_missing_root(tmp_path):
     with pytest.raises(DatasetError, match=rf'dataset folder "{tmp_path}/nowhere/market1501" '
                                            'does not exist; expected market1501/Market-1501-'):
@@ -200,16 +197,16 @@ def test_missing_root(tmp_path):
 
 
 def test_missing_split_folder(market_copy):
-    shutil.rmtree(_split_dir(market_copy, 'query'))
-    query = _split_dir(market_copy, 'query')
+    shutil.rmtree(market_split(market_copy, 'query'))
+    query = market_split(market_copy, 'query')
     with pytest.raises(DatasetError, match=rf'folder "{query}" does not exist'):
         Market1501Attr(root=str(market_copy))
 
 
 def test_empty_split(market_copy):
-    for image in _split_dir(market_copy, 'bounding_box_test').iterdir():
+    for image in market_split(market_copy, 'bounding_box_test').iterdir():
         image.unlink()
-    with pytest.raises(DatasetError, match=rf'"{_split_dir(market_copy, "bounding_box_test")}" '
+    with pytest.raises(DatasetError, match=rf'"{market_split(market_copy, "bounding_box_test")}" '
                                            r'holds no .jpg images'):
         Market1501Attr(root=str(market_copy))
 
@@ -221,8 +218,8 @@ def test_empty_split(market_copy):
     ('1-2_c1s1_000001_01.jpg', r'person id "1-2" is not a number'),
 ])
 def test_bad_image_name(market_copy, name, message):
-    path = _split_dir(market_copy, 'bounding_box_train') / name
-    shutil.copy(next(_split_dir(market_copy, 'query').iterdir()), path)
+    path = market_split(market_copy, 'bounding_box_train') / name
+    shutil.copy(next(market_split(market_copy, 'query').iterdir()), path)
     with pytest.raises(DatasetError, match=rf'image "{path}": {message}'):
         Market1501Attr(root=str(market_copy))
 
@@ -241,7 +238,7 @@ def test_training_ids_without_attributes(toy_datasets, market_copy):
     write_attribute_mat(market_copy / 'market1501' / 'market_attribute.mat', MARKET_SCHEMA, kept,
                         toy.test_labels)
     ids = ', '.join(f'{p:04d}' for p in dropped)
-    train = _split_dir(market_copy, 'bounding_box_train')
+    train = market_split(market_copy, 'bounding_box_train')
     message = (rf'has no labels for 3 of the training identities of "{train}" '
                rf'\(e.g. {ids}\); is it the annotation of this dataset\?')
     with pytest.raises(AttributeFileError, match=message):
@@ -273,7 +270,7 @@ def test_annotation_of_the_other_dataset(toy_datasets, toy_root):
 
 
 def test_unreadable_image_fails_at_once_naming_it(market_copy):
-    image = next(_split_dir(market_copy, 'bounding_box_train').iterdir())
+    image = next(market_split(market_copy, 'bounding_box_train').iterdir())
     image.write_bytes(image.read_bytes()[:100])
     dataset = Market1501Attr(root=str(market_copy), verbose=False)
     index = [item[0] for item in dataset.train].index(str(image))
@@ -348,7 +345,7 @@ def test_command_line_summary(toy_datasets, toy_root, capsys):
     assert datasets.main(['--root', str(toy_root), '--name', 'market1501_attr']) == 0
     out = capsys.readouterr().out
     toy = toy_datasets['market1501']
-    train = _split_dir(toy_root, 'bounding_box_train')
+    train = market_split(toy_root, 'bounding_box_train')
     labels = np.stack([toy.train_labels[_original_pid(p.name)] for p in train.iterdir()])
     gender = labels[:, MARKET_SCHEMA.index('gender')].mean()
     ages = np.bincount(labels[:, 0], minlength=4) / len(labels)

@@ -7,27 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from alfo_torchreid import export, inference
+from alfo_torchreid import export
 from alfo_torchreid.attributes import MARKET_SCHEMA
 from alfo_torchreid.errors import ExportError
-from alfo_run import checkpoint_model, load_tool
+from alfo_run import load_tool
 
 onnxruntime = pytest.importorskip('onnxruntime', reason='the export extra is not installed')
 
 
 @pytest.fixture(scope='module')
-def trained(alfo_weights):
-    return inference.load_trained_alfo(alfo_weights, device='cpu')
-
-
-@pytest.fixture(scope='module')
-def reference(alfo_weights):
+def reference(alfo_model):
     """images -> PyTorch's outputs, from an ALFO built here from the checkpoint."""
-    model = checkpoint_model(alfo_weights)
-
     def outputs(images):
         with torch.no_grad():
-            feature, probs = model.features_and_attributes(images)
+            feature, probs = alfo_model.features_and_attributes(images)
         return feature.numpy(), torch.cat(probs, 1).numpy()
     return outputs
 
@@ -60,8 +53,8 @@ def test_onnx_export_matches_pytorch_with_any_batch(alfo_weights, reference, tmp
 
 
 @pytest.mark.filterwarnings('ignore:`torch.jit:FutureWarning')
-def test_torchscript_export_matches_pytorch(trained, reference, tmp_path):
-    report = export.export_model(trained, 'torchscript', tmp_path / 'alfo.pt')
+def test_torchscript_export_matches_pytorch(trained_alfo, reference, tmp_path):
+    report = export.export_model(trained_alfo, 'torchscript', tmp_path / 'alfo.pt')
     loaded = torch.jit.load(report.path)
     images = torch.randn(1, 3, 128, 64, generator=torch.Generator().manual_seed(7))
     with torch.no_grad(), torch.jit.optimized_execution(False):
@@ -71,7 +64,7 @@ def test_torchscript_export_matches_pytorch(trained, reference, tmp_path):
     assert np.abs(attributes.numpy() - want_attributes).max() <= 1e-4
 
 
-def test_an_export_that_differs_is_not_written(trained, tmp_path, monkeypatch):
+def test_an_export_that_differs_is_not_written(trained_alfo, tmp_path, monkeypatch):
     def exporter_off_by_a_little(network, example, check, partial):
         partial.file.write(b'model')
         with torch.no_grad():
@@ -81,7 +74,7 @@ def test_an_export_that_differs_is_not_written(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(export, '_export_torchscript', exporter_off_by_a_little)
     monkeypatch.setattr(export, 'CHECK_BATCH', 1)
     with pytest.raises(ExportError, match=r'differs from PyTorch by 2\.0\de-04 \(> 0\.0001'):
-        export.export_model(trained, 'torchscript', tmp_path / 'alfo.pt')
+        export.export_model(trained_alfo, 'torchscript', tmp_path / 'alfo.pt')
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from alfo_torchreid.errors import ConfigError
+from alfo_run import market_split
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
@@ -110,7 +111,7 @@ def test_visrank_keeps_the_attribute_metrics_and_captions_every_crop(runs, evalu
     again = metrics(run / 'eval-model.pth.tar-1')['results']['market1501_attr']
     assert again['attributes']['mA'] == pytest.approx(trained['attributes']['mA'], abs=1e-6)
     assert '** Attribute results on market1501_attr' in proc.stdout
-    queries = sorted((toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query').glob('*.jpg'))
+    queries = sorted(market_split(toy_root, 'query').glob('*.jpg'))
     drawn = sorted((run / 'eval-model.pth.tar-1' / 'visrank_market1501_attr').glob('*.png'))
     assert [p.stem for p in drawn] == [q.stem for q in queries]
     with Image.open(drawn[0]) as grid:  # the query and its top 3, each above its caption

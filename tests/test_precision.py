@@ -10,7 +10,7 @@ from alfo_torchreid.models import ALFO
 from alfo_torchreid.models.alfo import ALFOOutputs
 from alfo_torchreid.precision import MixedPrecision
 from test_engine import make_datamanager
-from test_reliability import MAIN, REPO
+from alfo_run import REPO, refused_run
 
 # bf16 keeps 8 significant bits (a relative rounding of up to 2^-9 = 0.2 %); through
 # ResNet-50 and the heads the losses of a step move by 0.03-0.3 % (measured on two
@@ -62,6 +62,7 @@ def test_a_bf16_channels_last_step_has_the_fp32_loss_within_bf16_precision(setup
     assert seen_bf16['output'].features.dtype == torch.bfloat16  # the backbone ran in bf16
     assert seen_bf16['input'].is_contiguous(memory_format=torch.channels_last)  # on NHWC
     assert not seen_fp32['input'].is_contiguous(memory_format=torch.channels_last)
+    # one_step converted the model; the engine keeps its memory format
     assert engine.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     for part in ('loss', 'loss_id', 'loss_attr'):
         assert bf16[part] == pytest.approx(fp32[part], rel=BF16_TOLERANCE), part
@@ -119,17 +120,16 @@ def test_the_checkpoint_keeps_the_gradient_scale(setup, tmp_path):
     assert resumed.scaler.get_scale() == 1234.0
 
 
-@pytest.mark.parametrize('setting, use_gpu, expected', [
-    ('auto', False, False), ('on', False, True), ('off', False, False)])
-def test_the_run_puts_the_model_in_the_configured_memory_format(toy_root, setting, use_gpu,
+@pytest.mark.parametrize('setting, expected', [('auto', False), ('on', True), ('off', False)])
+def test_the_run_puts_the_model_in_the_configured_memory_format(setup, toy_root, setting,
                                                                 expected):
     cfg = config.load_config(REPO / 'configs' / 'alfo_toy.yaml',
-                             ['data.root', str(toy_root), 'use_gpu', str(use_gpu),
+                             ['data.root', str(toy_root), 'use_gpu', 'False',
                               'train.channels_last', setting])
     model = run_lib.place_on_device(cfg, ALFO(5))
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last) == expected
-    engine = run_lib.build_engine(cfg, make_datamanager(toy_root), model,
-                                  torch.optim.Adam(model.parameters()), None)
+    engine = run_lib.build_engine(cfg, setup[0], model, torch.optim.Adam(model.parameters()),
+                                  None)
     assert engine.channels_last == expected
 
 
@@ -145,12 +145,7 @@ def test_the_run_puts_the_model_in_the_configured_memory_format(toy_root, settin
      "torchreid's engine trains pcb_p6 in fp32: set train.amp off"),
 ])
 def test_a_precision_the_run_cannot_use_is_one_line(opts, message, toy_root, tmp_path, capsys):
-    status = MAIN(['--config-file', str(REPO / 'configs' / 'alfo_toy.yaml'), '--root',
-                   str(toy_root), 'data.save_dir', str(tmp_path / 'run'), 'use_gpu', 'False',
-                   *opts])
-    assert status == 2
-    assert capsys.readouterr().err.strip().splitlines() == [message]
-    assert not (tmp_path / 'run').exists()
+    assert refused_run(capsys, toy_root, tmp_path, 'use_gpu', 'False', *opts) == message
 
 
 def test_yaml_and_command_line_booleans_name_the_settings(tmp_path):

@@ -14,7 +14,7 @@ from alfo_torchreid import inference
 from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA
 from alfo_torchreid.checkpoints import load_checkpoint, state_dict_of
 from alfo_torchreid.errors import CheckpointError, ConfigError, DatasetError
-from alfo_run import REPO, checkpoint_model, toy_images
+from alfo_run import REPO, market_split, toy_images
 
 
 def tool(name, *args):
@@ -28,16 +28,11 @@ def predicted(alfo_weights, toy_root, module_tmp):
     """tools/predict.py on a copy of the toy query folder plus a corrupt image:
     (CompletedProcess, images folder, output folder)."""
     folder = module_tmp('images')
-    shutil.copytree(toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query', folder / 'q')
+    shutil.copytree(market_split(toy_root, 'query'), folder / 'q')
     (folder / 'q' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not the rest of a JPEG')
     out = folder / 'out'
     proc = tool('predict', '--weights', alfo_weights, folder / 'q', '--out', out)
     return proc, folder / 'q', out
-
-
-@pytest.fixture(scope='module')
-def model(alfo_weights):
-    return checkpoint_model(alfo_weights)
 
 
 def test_class_names_follow_the_annotators_conventions():
@@ -61,7 +56,7 @@ def test_corrupt_image_is_skipped_and_named(predicted):
     assert 'Traceback' not in proc.stderr
 
 
-def test_features_and_rows_are_the_models(predicted, model):
+def test_features_and_rows_are_the_models(predicted, alfo_model):
     _, images, out = predicted
     features = np.load(out / 'features.npy')
     rows = list(csv.DictReader((out / 'index.csv').open()))
@@ -69,17 +64,17 @@ def test_features_and_rows_are_the_models(predicted, model):
     assert features.shape == (16, 2048) and features.dtype == np.float32
     assert [r['path'] for r in rows] == paths
     with torch.no_grad():
-        expected = model(toy_images(paths[:2]))
+        expected = alfo_model(toy_images(paths[:2]))
     np.testing.assert_allclose(features[:2], expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_attributes_are_named_with_their_probabilities(predicted, model):
+def test_attributes_are_named_with_their_probabilities(predicted, alfo_model):
     proc, images, out = predicted
     records = [json.loads(line) for line in (out / 'predictions.jsonl').read_text().splitlines()]
     rows = list(csv.DictReader((out / 'index.csv').open()))
     assert len(records) == 16
     with torch.no_grad():
-        probs = model.attribute_probabilities(toy_images([records[0]['path']]))
+        probs = alfo_model.attribute_probabilities(toy_images([records[0]['path']]))
     first = records[0]
     for name, p in zip(MARKET_SCHEMA.names, probs):
         classes = MARKET_SCHEMA.class_names(name)
@@ -113,7 +108,7 @@ def test_load_refuses_what_is_not_an_alfo_run(alfo_weights, tmp_path):
 
 
 def test_find_images_walks_folders_and_names_a_missing_input(toy_root, tmp_path):
-    query = toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query'
+    query = market_split(toy_root, 'query')
     found = inference.find_images([query.parent])
     assert len(found) == len(list(query.parent.rglob('*.jpg'))) and found[0].endswith('.jpg')
     with pytest.raises(DatasetError, match=f'"{tmp_path}/nope" is neither an image file nor'):

@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from alfo_torchreid import config
+from alfo_run import market_split
 from conftest import TOY_SETTINGS, remove_resume_states
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def scratch(module_tmp, toy_root):
     folder = module_tmp('readme')
     (folder / 'configs').symlink_to(REPO / 'configs')
     (folder / 'toy-data').symlink_to(toy_root)
-    queries = sorted((toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query').glob('*.jpg'))
+    queries = sorted(market_split(toy_root, 'query').glob('*.jpg'))
     shutil.copy(queries[0], folder / 'query.jpg')
     shutil.copy(queries[-1], folder / 'other.jpg')
     (folder / 'photos').mkdir()

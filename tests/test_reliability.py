@@ -19,6 +19,7 @@ from alfo_torchreid.attributes import DUKE_SCHEMA
 from alfo_torchreid.errors import CheckpointError, TrainingError
 from alfo_torchreid.run_folder import restore_history
 from alfo_torchreid.toy import write_attribute_mat
+from alfo_run import assert_same_weights, history_without_times, market_split
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
@@ -79,11 +80,6 @@ def _start(toy_root, save_dir, *extra):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _history(save_dir):
-    lines = (save_dir / 'history.jsonl').read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != 'epoch_time'} for line in lines]
-
-
 def _kill_after_epoch(proc, save_dir, epoch, timeout=300):
     """SIGKILLs ``proc`` once its ``epoch`` checkpoint is on disk (the engine
     writes an epoch's history line after its checkpoint)."""
@@ -112,12 +108,9 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(toy_root, tmp_path
     assert resumed.returncode == 0, output[-2000:]
     assert 'continuing at epoch 2' in output
 
-    a = checkpoints.load_checkpoint(whole / 'model' / 'model.pth.tar-2')
-    b = checkpoints.load_checkpoint(killed / 'model' / 'model.pth.tar-2')
-    for name, tensor in a['state_dict'].items():
-        assert torch.equal(tensor, b['state_dict'][name]), name
+    a, _ = assert_same_weights(*(d / 'model' / 'model.pth.tar-2' for d in (whole, killed)))
     assert a['state_dict']['vote_counts'].sum() > 0
-    assert _history(whole) == _history(killed)
+    assert history_without_times(whole) == history_without_times(killed)
     results = [json.loads((d / 'metrics.json').read_text())['results'] for d in (whole, killed)]
     assert results[0] == results[1]
 
@@ -153,12 +146,8 @@ def _copy_tree(toy_root, tmp_path):
     return root
 
 
-def _train_dir(root):
-    return root / 'market1501' / 'Market-1501-v15.09.15' / 'bounding_box_train'
-
-
 def _first_image(root):
-    return sorted(_train_dir(root).iterdir())[0]
+    return sorted(market_split(root, 'bounding_box_train').iterdir())[0]
 
 
 def _truncate_image(root):
@@ -174,12 +163,12 @@ def _not_an_image(root):
 
 
 def _remove_split(root):
-    shutil.rmtree(root / 'market1501' / 'Market-1501-v15.09.15' / 'query')
+    shutil.rmtree(market_split(root, 'query'))
     return 'query" does not exist'
 
 
 def _empty_split(root):
-    for image in _train_dir(root).iterdir():
+    for image in market_split(root, 'bounding_box_train').iterdir():
         image.unlink()
     return 'holds no .jpg images'
 
@@ -366,11 +355,9 @@ def test_a_run_killed_between_its_last_checkpoint_and_history_line_ends_as_it_wo
     assert status == 0, err
     assert 'put back the line of epoch 1, kept in its checkpoint' in out
     assert (run / 'history.jsonl').read_bytes() == (finished_run / 'history.jsonl').read_bytes()
-    snapshots = [checkpoints.load_checkpoint(r / 'model' / 'model.pth.tar-1')
-                 for r in (finished_run, run)]
+    snapshots = assert_same_weights(*(r / 'model' / 'model.pth.tar-1'
+                                      for r in (finished_run, run)))
     assert snapshots[0]['rank1'] == snapshots[1]['rank1'] is not None
-    for name, tensor in snapshots[0]['state_dict'].items():
-        assert torch.equal(tensor, snapshots[1]['state_dict'][name]), name
     results = [json.loads((r / 'metrics.json').read_text())['results'] for r in (finished_run, run)]
     assert results[0] == results[1]
 

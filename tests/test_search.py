@@ -14,7 +14,7 @@ from alfo_torchreid.attribute_match import attribute_disagreement, parse_where, 
 from alfo_torchreid.attributes import MARKET_SCHEMA
 from alfo_torchreid.checkpoints import load_checkpoint
 from alfo_torchreid.errors import SearchError
-from alfo_run import gallery_dir, load_tool
+from alfo_run import load_tool, market_split
 
 try:
     import faiss  # noqa: F401
@@ -31,15 +31,11 @@ def run_search(capsys, *args):
 
 
 @pytest.fixture(scope='module')
-def trained(alfo_weights):
-    return inference.load_trained_alfo(alfo_weights, device='cpu')
-
-
-@pytest.fixture(scope='module')
-def index(trained, toy_root, module_tmp):
+def index(trained_alfo, toy_root, module_tmp):
     """A torch-backend index of the toy gallery."""
     folder = module_tmp('index')
-    built, _ = gallery_index.build_index(folder, trained, [gallery_dir(toy_root)], 'torch')
+    gallery = market_split(toy_root, 'bounding_box_test')
+    built, _ = gallery_index.build_index(folder, trained_alfo, [gallery], 'torch')
     return built
 
 
@@ -50,10 +46,11 @@ def columns(name):
 
 
 def query_image(toy_root):
-    return sorted((toy_root / 'market1501' / 'Market-1501-v15.09.15' / 'query').glob('*.jpg'))[0]
+    return sorted(market_split(toy_root, 'query').glob('*.jpg'))[0]
 
 
-def test_query_round_trip_filters_ranks_and_frames(index, trained, toy_root, tmp_path, capsys):
+def test_query_round_trip_filters_ranks_and_frames(index, trained_alfo, toy_root, tmp_path,
+                                                   capsys):
     query = query_image(toy_root)
     png = tmp_path / 'grid.png'
     status, out, err = run_search(capsys, 'query', index.folder, query, '--top', '30',
@@ -66,7 +63,7 @@ def test_query_round_trip_filters_ranks_and_frames(index, trained, toy_root, tmp
     assert sorted(rows) == sorted(np.flatnonzero(female))  # all of them, as top > their count
     assert all(hit['attributes']['gender'][0] == 'female' for hit in result['hits'])
     # ranked by squared Euclidean distance to the query's feature
-    feature, _ = inference.predict_image(trained, str(query))
+    feature, _ = inference.predict_image(trained_alfo, str(query))
     distances = ((np.asarray(index.features)[rows] - feature) ** 2).sum(1)
     np.testing.assert_allclose([h['distance'] for h in result['hits']], distances, rtol=1e-4)
     assert np.all(np.diff(distances) >= -1e-3 * distances.max())
@@ -128,7 +125,8 @@ def other_weights(weights, folder):
 def test_other_weights_are_refused(index, alfo_weights, toy_root, tmp_path, capsys):
     other = other_weights(alfo_weights, tmp_path / 'other')
     for args in (['query', index.folder, query_image(toy_root), '--weights', other],
-                 ['index', '--weights', other, gallery_dir(toy_root), '--out', index.folder]):
+                 ['index', '--weights', other, market_split(toy_root, 'bounding_box_test'),
+                  '--out', index.folder]):
         status, _, err = run_search(capsys, *args)
         assert status == 2
         assert err.strip().splitlines()[-1].startswith(
@@ -136,12 +134,13 @@ def test_other_weights_are_refused(index, alfo_weights, toy_root, tmp_path, caps
             f'than "{other}" (they differ in weights_digest;')
 
 
-def test_update_extracts_only_new_and_changed_images(trained, toy_root, tmp_path, monkeypatch):
+def test_update_extracts_only_new_and_changed_images(trained_alfo, toy_root, tmp_path,
+                                                     monkeypatch):
     gallery = tmp_path / 'gallery'
     gallery.mkdir()
-    for image in sorted(gallery_dir(toy_root).glob('*.jpg'))[:6]:
+    for image in sorted(market_split(toy_root, 'bounding_box_test').glob('*.jpg'))[:6]:
         shutil.copy(image, gallery)
-    first, _ = gallery_index.build_index(tmp_path / 'index', trained, [gallery], 'torch')
+    first, _ = gallery_index.build_index(tmp_path / 'index', trained_alfo, [gallery], 'torch')
     images = sorted(gallery.glob('*.jpg'))
     removed, changed = images[0], images[1]
     removed.unlink()
@@ -155,7 +154,7 @@ def test_update_extracts_only_new_and_changed_images(trained, toy_root, tmp_path
         return inference.predict(trained, paths, *args, **kwargs)
 
     monkeypatch.setattr(gallery_index, 'predict', spy)
-    second, report = gallery_index.build_index(tmp_path / 'index', trained, [gallery])
+    second, report = gallery_index.build_index(tmp_path / 'index', trained_alfo, [gallery])
     assert sorted(extracted) == sorted([str(changed), str(added)])
     assert (report.kept, report.added, report.changed, report.removed) == \
         (len(images) - 2, 1, 1, 1)

@@ -20,6 +20,7 @@ from alfo_torchreid import run as run_lib
 from alfo_torchreid.checkpoints import load_checkpoint
 from alfo_torchreid.engine import BaselineTripletEngine, ImageFocalVoteEngine, unwrap
 from alfo_torchreid.models import ALFO
+from alfo_run import refused_run
 from fake_cuda import cuda_reported_available, fake_cuda
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,15 +91,6 @@ def test_a_torchreid_baseline_with_triplet_trains_with_both_losses(toy_root, ide
     assert summary['loss_t'] > 0 and summary['loss_x'] > 0
 
 
-def _main_error(capsys, toy_root, tmp_path, *opts):
-    status = MAIN(['--config-file', str(REPO / 'configs' / 'alfo_toy.yaml'), '--root',
-                   str(toy_root), 'data.save_dir', str(tmp_path / 'run'), *opts])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1, err
-    assert not (tmp_path / 'run').exists()  # refused before the run folder is made
-    return err[0]
-
-
 @pytest.mark.parametrize('opts, expected', [
     (['loss.name', 'foo'], "loss.name must be one of ['softmax', 'triplet'], got 'foo'"),
     (['loss.name', 'triplet'], 'loss.name triplet needs identities with several images in '
@@ -107,14 +99,14 @@ def _main_error(capsys, toy_root, tmp_path, *opts):
 ])
 def test_a_loss_or_model_that_cannot_train_is_one_line(capsys, toy_root, tmp_path, opts,
                                                        expected):
-    assert expected in _main_error(capsys, toy_root, tmp_path, *opts)
+    assert expected in refused_run(capsys, toy_root, tmp_path, *opts)
 
 
 def test_an_override_before_a_flag_names_the_command_line(capsys, toy_root, tmp_path):
-    line = _main_error(capsys, toy_root, tmp_path, 'test.evaluate', 'True', '-t', 'x')
+    line = refused_run(capsys, toy_root, tmp_path, 'test.evaluate', 'True', '-t', 'x')
     assert line.startswith('error: "-t" on the command line comes after the KEY VALUE '
                            'overrides; flags go first: tools/main.py --config-file FILE')
-    line = _main_error(capsys, toy_root, tmp_path, 'alfo.nope', '1')
+    line = refused_run(capsys, toy_root, tmp_path, 'alfo.nope', '1')
     assert line == 'error: unknown config key: alfo.nope (in the command line)'
 
 
