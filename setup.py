@@ -27,6 +27,6 @@ setup(
         'faiss': ['faiss-cpu'],  # FAISS search backends of tools/search.py
         'export': ['onnx', 'onnxruntime'],  # tools/export.py --format onnx
         # CI tests the optional backends too
-        'test': ['pytest', 'hypothesis', 'faiss-cpu', 'onnx', 'onnxruntime'],
+        'test': ['pytest', 'hypothesis', 'import-linter', 'faiss-cpu', 'onnx', 'onnxruntime'],
     },
 )

@@ -16,13 +16,14 @@ import torchreid
 import yaml
 from yacs.config import CfgNode as CN
 
-from alfo_torchreid import compat, distributed
-from alfo_torchreid.errors import ConfigError
+from alfo_torchreid.data.samplers import DISTRIBUTED_SAMPLERS
 from alfo_torchreid.losses import ATTR_REDUCTIONS, VOTE_MODES
-from alfo_torchreid.precision import AMP_MODES, CHANNELS_LAST_MODES
-from alfo_torchreid.samplers import DISTRIBUTED_SAMPLERS
+from alfo_torchreid.utils import compat, distributed
+from alfo_torchreid.utils.errors import ConfigError
 
 ATTR_PRED_MODES = ('voted', 'mean')
+AMP_MODES = ('off', 'bf16', 'fp16')  # train.amp (alfo_torchreid.engine.precision)
+CHANNELS_LAST_MODES = ('auto', 'on', 'off')  # train.channels_last
 FEATURE_MODES = ('global', 'local', 'global+local')
 EVALUATORS = ('alfo', 'torchreid')
 LOSSES = ('softmax', 'triplet')

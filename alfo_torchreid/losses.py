@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchreid
 
-from alfo_torchreid.attributes import UNKNOWN
-from alfo_torchreid.errors import ConfigError
+from alfo_torchreid.data.attributes import UNKNOWN
+from alfo_torchreid.utils.errors import ConfigError
 
 VOTE_MODES = ('majority', 'min', 'mean')
 ATTR_REDUCTIONS = ('sum', 'mean')
@@ -150,7 +150,7 @@ def vote(losses, mode: str = 'majority', valid=None, sum_over_ranks=None):
 
     Under ``DistributedDataParallel`` (docs/distributed.md, "The vote"), each of
     the W processes holds a share of the global batch and ``sum_over_ranks``
-    sums a tensor over them (:func:`alfo_torchreid.distributed.sum_over_ranks`):
+    sums a tensor over them (:func:`alfo_torchreid.utils.distributed.sum_over_ranks`):
     the ballots, per-stripe loss sums and valid counts of all shares are summed
     before the winner is picked, so every process picks the winner of the
     global batch, and each returns ``W * (its valid samples' loss sum) /
@@ -273,7 +273,7 @@ class ALFOLoss(nn.Module):
         use_gpu: as torchreid's CrossEntropyLoss, which moves its targets with
             ``.cuda()`` when set.
         sum_over_ranks: under DistributedDataParallel, the sum of a tensor over
-            the processes (:func:`alfo_torchreid.distributed.sum_over_ranks`):
+            the processes (:func:`alfo_torchreid.utils.distributed.sum_over_ranks`):
             the vote is then the global batch's (see :func:`vote`); None in a
             single process.
 

@@ -20,7 +20,7 @@ Tables: ``reproduction.md`` and ``reproduction.csv`` in ``<out>``, written
 atomically. Table 1 (local only, global only, no focal loss, ALFO) and the
 comparison (ALFO, PCB, ResNet-50): Rank-1, Rank-5, mAP and attribute mA in %
 (mean and sample standard deviation over the seeds), the paper's Rank-1 and
-mAP (:mod:`alfo_torchreid.paper`) and our mean minus the paper's figure, all
+mAP (:mod:`alfo_torchreid.evaluation.paper`) and our mean minus the paper's figure, all
 rounded to 2 decimals.
 
 Quick mode: the same runs on the toy dataset (``configs/*_toy.yaml``, the
@@ -36,12 +36,12 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Tuple
 
-from alfo_torchreid import config, paper, report
-from alfo_torchreid import run as run_lib
-from alfo_torchreid.atomic import write_file
-from alfo_torchreid.checkpoints import LATEST
-from alfo_torchreid.errors import AlfoError, ConfigError
-from alfo_torchreid.toy import LAYOUTS, make_toy_dataset
+from alfo_torchreid import config, run as run_lib
+from alfo_torchreid.data.toy import LAYOUTS, make_toy_dataset
+from alfo_torchreid.evaluation import paper, report
+from alfo_torchreid.utils.atomic import write_file
+from alfo_torchreid.utils.checkpoints import LATEST
+from alfo_torchreid.utils.errors import AlfoError, ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs'
 # the attribute version of each dataset, which every run trains and tests on
@@ -64,7 +64,7 @@ class Row(NamedTuple):
     overrides: Tuple[str, ...] = ()
 
 
-# keys are those of alfo_torchreid.paper.RESULTS (labels and the paper's figures)
+# keys are those of alfo_torchreid.evaluation.paper.RESULTS (labels and the paper's figures)
 ROWS = {
     'local_only': Row('alfo', ('alfo.global_branch', 'False', 'alfo.feature', 'local')),
     'global_only': Row('alfo', ('alfo.local_branch', 'False')),
@@ -328,7 +328,7 @@ def markdown(table, dataset, seeds, out, quick, epochs, opts):
     runs = (f'`{out}/<row>/seed<k>`, {epochs} epoch{"s" * (epochs != 1)}, '
             + ('seeds ' if len(seeds) > 1 else 'seed ') + ', '.join(map(str, seeds)))
     lines = [f"# The paper's tables reproduced on {title}", '',
-             f"Our runs ({runs}) beside the paper's figures (`alfo_torchreid/paper.py`). "
+             f"Our runs ({runs}) beside the paper's figures (`alfo_torchreid/evaluation/paper.py`). "
              'Rank-k, mAP and attribute mA (gallery, `-` for models without attribute heads) '
              'in %' + (', mean ± sample standard deviation over the seeds' if len(seeds) > 1
                        else '') + "; Δ = ours − paper's.", '']

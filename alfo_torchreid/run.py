@@ -31,13 +31,16 @@ import torch.nn as nn
 import torchreid
 
 import alfo_torchreid  # noqa: F401  (registers datasets and models into torchreid)
-from alfo_torchreid import checkpoints, config, distributed, precision, samplers, weights
-from alfo_torchreid.atomic import write_file
-from alfo_torchreid.datasets import attribute_files
-from alfo_torchreid.engine import (BaselineEngine, BaselineTripletEngine, ImageFocalVoteEngine,
-                                   unwrap)
-from alfo_torchreid.errors import DatasetError, RunFolderError
-from alfo_torchreid.run_folder import RunFolder, read_history, restore_history
+from alfo_torchreid import config
+from alfo_torchreid.data import samplers
+from alfo_torchreid.data.datasets import attribute_files
+from alfo_torchreid.engine import precision
+from alfo_torchreid.engine.engine import (BaselineEngine, BaselineTripletEngine,
+                                          ImageFocalVoteEngine, unwrap)
+from alfo_torchreid.utils import checkpoints, distributed, weights
+from alfo_torchreid.utils.atomic import write_file
+from alfo_torchreid.utils.errors import DatasetError, RunFolderError
+from alfo_torchreid.utils.run_folder import RunFolder, read_history, restore_history
 
 METRICS = 'metrics.json'
 
@@ -190,7 +193,7 @@ def build_datamanager(cfg):
     """``torchreid.data.ImageDataManager`` after checking that every dataset folder exists
     (torchreid would otherwise try to download a missing one, or fail obscurely).
     Under torchrun its training loader is replaced by this process's
-    (:func:`alfo_torchreid.samplers.process_train_loader`)."""
+    (:func:`alfo_torchreid.data.samplers.process_train_loader`)."""
     for name in dict.fromkeys(list(cfg.data.sources) + list(cfg.data.targets)):
         check_dataset_folder(cfg.data.root, name)
     with attribute_files(**cfg.alfo.attr_file):
@@ -228,6 +231,7 @@ def build_model(cfg, datamanager):
                 f'model {cfg.model.name} needs attribute labels but the training data '
                 f'{list(cfg.data.sources)} has none: use market1501_attr or dukemtmcreid_attr')
         from alfo_torchreid.models import ALFO, overlapping_stripes
+
         # fail before training when the map is too short for the stripes
         overlapping_stripes(cfg.data.height // (16 * cfg.alfo.last_stride), cfg.alfo.num_parts,
                             cfg.alfo.stripe_height or None, cfg.alfo.stripe_stride or None)
@@ -310,7 +314,7 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
     Under torchrun every process loads the same checkpoint.
 
     Args:
-        mixed: the run's :class:`alfo_torchreid.precision.MixedPrecision`
+        mixed: the run's :class:`alfo_torchreid.engine.precision.MixedPrecision`
             (its gradient scaler's state is restored).
 
     Raises:
@@ -341,7 +345,7 @@ def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None):
     """ALFO's engine, or torchreid's softmax / triplet engine for a baseline.
 
     Args:
-        mixed: :class:`alfo_torchreid.precision.MixedPrecision` of ALFO's
+        mixed: :class:`alfo_torchreid.engine.precision.MixedPrecision` of ALFO's
             steps (``train.amp``; the baselines train in fp32).
     """
     common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu,

@@ -1,4 +1,4 @@
-"""Re-ID evaluation: alfo_torchreid.metrics.evaluate_rank against torchreid's.
+"""Re-ID evaluation: alfo_torchreid.evaluation.metrics.evaluate_rank against torchreid's.
 
 For each problem size (queries x gallery) one synthetic Market-like problem is
 built and every evaluator runs on it in interleaved rounds (ours, torchreid's,
@@ -36,7 +36,7 @@ with warnings.catch_warnings():
     import torchreid
     TORCHREID_RANK = torchreid.metrics.rank
 
-from alfo_torchreid.metrics import evaluate_rank
+from alfo_torchreid.evaluation.metrics import evaluate_rank
 
 MARKET = (3368, 15913)  # Market-1501's query and gallery sizes
 SIZES = [(500, 2500), (1000, 5000), (2000, 10000), MARKET]

@@ -32,11 +32,11 @@ from types import SimpleNamespace
 import torch
 import torchreid
 
-from alfo_torchreid import distributed
-from alfo_torchreid.attributes import MARKET_SCHEMA
-from alfo_torchreid.engine import BaselineEngine, ImageFocalVoteEngine
+from alfo_torchreid.data.attributes import MARKET_SCHEMA
+from alfo_torchreid.engine.engine import BaselineEngine, ImageFocalVoteEngine
+from alfo_torchreid.engine.precision import MixedPrecision
 from alfo_torchreid.models import ALFO
-from alfo_torchreid.precision import MixedPrecision
+from alfo_torchreid.utils import distributed
 
 NUM_IDS = 751  # Market-1501's training identities
 HERE = os.path.abspath(__file__)

@@ -3,7 +3,7 @@
 Synthetic galleries of 2048-d re-ID-like features (identities of about ten
 images: a centre plus noise) of 10k, 100k and 1M items; queries are new images
 of gallery identities. Each backend is the search object ``tools/search.py``
-uses (:mod:`alfo_torchreid.search`), asked for one query's top 20 at a time, as
+uses (:mod:`alfo_torchreid.serving.search`), asked for one query's top 20 at a time, as
 the tool asks; the backends run in interleaved rounds, one query each per
 round. Reported per size and backend: median and 95th-percentile latency, also
 with half the gallery filtered out (a ``--where``), the ratio to torch's
@@ -32,10 +32,10 @@ import time
 
 import numpy as np
 import torch
-
-from alfo_torchreid.search import FaissSearch, TorchSearch, build_ivfpq, import_faiss, \
-    ivfpq_settings
 from bench_eval import machine
+
+from alfo_torchreid.serving.search import (FaissSearch, TorchSearch, build_ivfpq, import_faiss,
+                                           ivfpq_settings)
 
 DIM = 2048
 TOP = 20

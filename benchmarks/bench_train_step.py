@@ -34,7 +34,7 @@ import torch
 import torchreid
 
 import alfo_torchreid.models as alfo_models
-from alfo_torchreid.attributes import MARKET_SCHEMA
+from alfo_torchreid.data.attributes import MARKET_SCHEMA
 from alfo_torchreid.losses import ALFOLoss
 
 NUM_IDS = 751  # Market-1501's training identities

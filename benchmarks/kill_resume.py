@@ -30,9 +30,9 @@ import time
 
 import torch
 
-from alfo_torchreid import checkpoints
 from alfo_torchreid.reproduce import ensure_toy_dataset
-from alfo_torchreid.run_folder import read_history
+from alfo_torchreid.utils import checkpoints
+from alfo_torchreid.utils.run_folder import read_history
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

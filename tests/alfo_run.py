@@ -15,11 +15,12 @@ import torch
 import torchreid
 
 import alfo_torchreid  # noqa: F401  (registers market1501_attr)
-from alfo_torchreid import compat, config
-from alfo_torchreid.attributes import MARKET_SCHEMA
-from alfo_torchreid.checkpoints import load_checkpoint, state_dict_of
-from alfo_torchreid.engine import ImageFocalVoteEngine
+from alfo_torchreid import config
+from alfo_torchreid.data.attributes import MARKET_SCHEMA
+from alfo_torchreid.engine.engine import ImageFocalVoteEngine
 from alfo_torchreid.models import ALFO
+from alfo_torchreid.utils import compat
+from alfo_torchreid.utils.checkpoints import load_checkpoint, state_dict_of
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / 'configs' / 'alfo_toy.yaml'
@@ -116,7 +117,7 @@ def centre_attribute_logits(model, cfg):
 
 def checkpoint_model(weights):
     """The checkpoint's eval-mode ALFO (Market schema), built here from its
-    signature: a reference independent of alfo_torchreid.inference."""
+    signature: a reference independent of alfo_torchreid.serving.inference."""
     checkpoint = load_checkpoint(weights)
     model = ALFO(checkpoint['signature']['num_classes'], schema=MARKET_SCHEMA)
     model.load_state_dict(state_dict_of(checkpoint))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from alfo_torchreid.toy import make_toy_dataset
+from alfo_torchreid.data.toy import make_toy_dataset
 
 # Small enough to build in about a second; >= 8 ids per split so that every
 # camera (6 on Market, 8 on Duke) appears in train, query and gallery.
@@ -111,7 +111,7 @@ def alfo_weights(toy_root, tmp_path_factory):
 @pytest.fixture(scope='session')
 def trained_alfo(alfo_weights):
     """``alfo_weights`` loaded as the tools load it (``inference.load_trained_alfo``, CPU)."""
-    from alfo_torchreid import inference
+    from alfo_torchreid.serving import inference
     return inference.load_trained_alfo(alfo_weights, device='cpu')
 
 

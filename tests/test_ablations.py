@@ -5,9 +5,8 @@ import pytest
 import torch
 import torchreid
 
-from alfo_torchreid import config
-from alfo_torchreid import run as run_lib
-from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA
+from alfo_torchreid import config, run as run_lib
+from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA
 from alfo_torchreid.models import ALFO
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,11 +5,11 @@ import io
 import numpy as np
 import pytest
 import torch
-
-from alfo_torchreid import engine as engine_module
-from alfo_torchreid.errors import ConfigError
-from alfo_torchreid.metrics import evaluate_rank
 from alfo_run import toy_config, toy_engine
+
+from alfo_torchreid.engine import engine as engine_module
+from alfo_torchreid.evaluation.metrics import evaluate_rank
+from alfo_torchreid.utils.errors import ConfigError
 
 
 @pytest.fixture(scope='module')

@@ -5,13 +5,12 @@ import signal
 import numpy as np
 import pytest
 import scipy.io
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from alfo_torchreid.attributes import (DUKE_SCHEMA, MARKET_SCHEMA, UNKNOWN, AttributeSchema,
-                                       MatFormatError, convert_labels, load_attribute_file,
-                                       read_mat5)
-from alfo_torchreid.errors import AttributeFileError
+from alfo_torchreid.data.attributes import (DUKE_SCHEMA, MARKET_SCHEMA, UNKNOWN, AttributeSchema,
+                                            MatFormatError, convert_labels, load_attribute_file,
+                                            read_mat5)
+from alfo_torchreid.utils.errors import AttributeFileError
 
 # ------------------------------------------------------------ hand-made files
 

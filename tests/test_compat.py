@@ -1,4 +1,4 @@
-"""torchreid on today's stack (torch 2.14, numpy 2, Pillow 13) through alfo_torchreid.compat."""
+"""torchreid on today's stack (torch 2.14, numpy 2, Pillow 13) through alfo_torchreid.utils.compat."""
 import time
 
 import numpy as np
@@ -7,8 +7,8 @@ import torch
 import torchreid
 from PIL import Image
 
-from alfo_torchreid import checkpoints, compat
-from alfo_torchreid.errors import ImageReadError, UntrustedCheckpointError
+from alfo_torchreid.utils import checkpoints, compat
+from alfo_torchreid.utils.errors import ImageReadError, UntrustedCheckpointError
 
 
 def _model_and_optimizer():

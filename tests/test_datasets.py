@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 import torchreid
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from alfo_torchreid import compat, datasets
-from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA, UNKNOWN
-from alfo_torchreid.datasets import (DukeMTMCreIDAttr, Market1501Attr, attribute_files,
-                                     parse_image_name)
-from alfo_torchreid.errors import (AttributeFileError, ConfigError, DatasetError, DownloadError,
-                                   ImageReadError)
-from alfo_torchreid.toy import write_attribute_mat
 from alfo_run import market_split
+from hypothesis import given, settings, strategies as st
+
+from alfo_torchreid.data import datasets
+from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA, UNKNOWN
+from alfo_torchreid.data.datasets import (DukeMTMCreIDAttr, Market1501Attr, attribute_files,
+                                          parse_image_name)
+from alfo_torchreid.data.toy import write_attribute_mat
+from alfo_torchreid.utils import compat
+from alfo_torchreid.utils.errors import (AttributeFileError, ConfigError, DatasetError,
+                                         DownloadError, ImageReadError)
 
 datasets.register()
 

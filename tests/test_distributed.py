@@ -19,13 +19,13 @@ from unittest import mock
 import pytest
 import torch
 import torch.distributed as dist
-
-from alfo_torchreid import checkpoints, distributed
-from alfo_torchreid.errors import ConfigError
-from alfo_torchreid.losses import ALFOLoss, vote
-from alfo_torchreid.models.alfo import ALFOOutputs
 from alfo_run import assert_same_weights, history_without_times
 from conftest import remove_resume_states
+
+from alfo_torchreid.losses import ALFOLoss, vote
+from alfo_torchreid.models.alfo import ALFOOutputs
+from alfo_torchreid.utils import checkpoints, distributed
+from alfo_torchreid.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
@@ -40,7 +40,7 @@ WRAPPER = '''
 """tools/main.py, recording this process's training steps and file writes."""
 import atexit, hashlib, json, os, runpy, signal, sys
 
-import alfo_torchreid.engine as engine_module
+import alfo_torchreid.engine.engine as engine_module
 
 RANK = int(os.environ.get('RANK', 0))
 ATTEMPT = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0))
@@ -128,7 +128,7 @@ def one_process(tmp, name, toy_root):
     Returns:
         (run folder, {(0, 0): record}) with the record of :func:`torchrun` (steps only).
     """
-    import alfo_torchreid.engine as engine_module
+    import alfo_torchreid.engine.engine as engine_module
     folder, steps = tmp / name, []
     forward_backward = engine_module.ImageFocalVoteEngine.forward_backward
 

@@ -1,12 +1,12 @@
-"""alfo_torchreid.download against a local HTTP server on 127.0.0.1."""
+"""alfo_torchreid.utils.download against a local HTTP server on 127.0.0.1."""
 import hashlib
 import os
 
 import pytest
-
-from alfo_torchreid.download import download, sha256_of
-from alfo_torchreid.errors import DownloadError
 from http_server import closed_port_url, serve
+
+from alfo_torchreid.utils.download import download, sha256_of
+from alfo_torchreid.utils.errors import DownloadError
 
 PAYLOAD = bytes(range(256)) * 1000  # 256,000 bytes: several chunks
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

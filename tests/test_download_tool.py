@@ -14,9 +14,9 @@ from pathlib import Path
 import gdown
 import pytest
 import torch
-
-from alfo_torchreid.datasets import DukeMTMCreIDAttr, Market1501Attr
 from http_server import closed_port_url, serve
+
+from alfo_torchreid.data.datasets import DukeMTMCreIDAttr, Market1501Attr
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location('download_tool', REPO / 'tools' / 'download.py')

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torchreid
+from fake_cuda import cuda_reported_available, fake_cuda
 
 import alfo_torchreid  # noqa: F401  (registers market1501_attr and alfo)
-from alfo_torchreid.engine import HISTORY, ImageFocalVoteEngine
-from alfo_torchreid.errors import TrainingError
-from alfo_torchreid.metrics import attribute_metrics
+from alfo_torchreid.data.toy import make_toy_dataset
+from alfo_torchreid.engine.engine import HISTORY, ImageFocalVoteEngine
+from alfo_torchreid.evaluation.metrics import attribute_metrics
 from alfo_torchreid.models import ALFO
-from alfo_torchreid.toy import make_toy_dataset
-from fake_cuda import cuda_reported_available, fake_cuda
+from alfo_torchreid.utils.errors import TrainingError
 
 EPOCHS = 8  # x 4 iterations of batch 8 on the 32 toy training images
 
@@ -102,7 +102,7 @@ def test_vote_tally_is_counted_and_survives_the_state_dict(trained):
 
 def test_checkpoints_hold_rng_and_signature(trained):
     _, save_dir, _ = trained
-    from alfo_torchreid.checkpoints import load_checkpoint
+    from alfo_torchreid.utils.checkpoints import load_checkpoint
     checkpoint = load_checkpoint(save_dir / 'model' / 'latest.pth.tar')
     assert checkpoint['epoch'] == EPOCHS
     assert checkpoint['signature']['schema']['dataset'] == 'market1501'
@@ -111,7 +111,7 @@ def test_checkpoints_hold_rng_and_signature(trained):
 
 def test_snapshots_hold_the_optimizer_when_asked(trained, tmp_path):
     engine = trained[0]
-    from alfo_torchreid.checkpoints import load_checkpoint
+    from alfo_torchreid.utils.checkpoints import load_checkpoint
     assert 'optimizer' not in load_checkpoint(engine.save_model(0, 0.5, str(tmp_path)))
     engine.snapshot_optimizer = True
     try:

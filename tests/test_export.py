@@ -1,4 +1,4 @@
-"""tools/export.py and alfo_torchreid.export: ONNX and TorchScript, checked
+"""tools/export.py and alfo_torchreid.serving.export: ONNX and TorchScript, checked
 against PyTorch."""
 import json
 import sys
@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from alfo_torchreid import export
-from alfo_torchreid.attributes import MARKET_SCHEMA
-from alfo_torchreid.errors import ExportError
 from alfo_run import load_tool
+
+from alfo_torchreid.data.attributes import MARKET_SCHEMA
+from alfo_torchreid.serving import export
+from alfo_torchreid.utils.errors import ExportError
 
 onnxruntime = pytest.importorskip('onnxruntime', reason='the export extra is not installed')
 

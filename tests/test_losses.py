@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alfo_torchreid.attributes import MARKET_SCHEMA
-from alfo_torchreid.errors import ConfigError
-from alfo_torchreid.losses import (ALFOLoss, attribute_logit_widths, attribute_losses,
-                                   focal_loss, logits_to_probabilities, vote)
+from alfo_torchreid.data.attributes import MARKET_SCHEMA
+from alfo_torchreid.losses import (ALFOLoss, attribute_logit_widths, attribute_losses, focal_loss,
+                                   logits_to_probabilities, vote)
 from alfo_torchreid.models import ALFOOutputs
+from alfo_torchreid.utils.errors import ConfigError
 
 MARKET_WIDTHS = attribute_logit_widths(MARKET_SCHEMA.num_classes)
 

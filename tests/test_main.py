@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from alfo_torchreid.errors import ConfigError
 from alfo_run import market_split
+
+from alfo_torchreid.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
@@ -105,7 +105,8 @@ def test_eval_only_reproduces_the_final_test_in_its_own_folder(runs, evaluation)
 
 def test_visrank_keeps_the_attribute_metrics_and_captions_every_crop(runs, evaluation, toy_root):
     from PIL import Image
-    from alfo_torchreid import rank_grid
+
+    from alfo_torchreid.evaluation import rank_grid
     run, _, proc = evaluation
     trained = metrics(runs['alfo'])['results']['market1501_attr']
     again = metrics(run / 'eval-model.pth.tar-1')['results']['market1501_attr']

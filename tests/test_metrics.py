@@ -4,11 +4,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 import torchreid
-from alfo_torchreid import metrics
-from alfo_torchreid.attributes import MARKET_SCHEMA, UNKNOWN, AttributeSchema
-from alfo_torchreid.metrics import attribute_metrics, evaluate_rank, format_attribute_table
+
+from alfo_torchreid.data.attributes import MARKET_SCHEMA, UNKNOWN, AttributeSchema
+from alfo_torchreid.evaluation import metrics
+from alfo_torchreid.evaluation.metrics import (attribute_metrics, evaluate_rank,
+                                               format_attribute_table)
 
 with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # torchreid warns that its Cython evaluator is missing

@@ -4,11 +4,12 @@ import torch
 import torch.nn.functional as F
 import torchreid
 
-from alfo_torchreid import models, weights
-from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA
-from alfo_torchreid.errors import ConfigError
+from alfo_torchreid import models
+from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA
 from alfo_torchreid.losses import ALFOLoss
 from alfo_torchreid.models import ALFO, overlapping_stripes, pool_stripes
+from alfo_torchreid.utils import weights
+from alfo_torchreid.utils.errors import ConfigError
 
 B, NUM_IDS = 3, 5
 K_MARKET = 4 + 26  # age: 4 logits; 26 binary attributes: 1 logit each

@@ -1,16 +1,16 @@
 """Mixed precision (train.amp) and channels-last (train.channels_last) of ALFO's steps."""
 import pytest
 import torch
+from alfo_run import REPO, refused_run
+from test_engine import make_datamanager
 
-from alfo_torchreid import checkpoints, config
-from alfo_torchreid import run as run_lib
-from alfo_torchreid.engine import ImageFocalVoteEngine
+from alfo_torchreid import config, run as run_lib
+from alfo_torchreid.engine.engine import ImageFocalVoteEngine
+from alfo_torchreid.engine.precision import MixedPrecision
 from alfo_torchreid.losses import ALFOLoss
 from alfo_torchreid.models import ALFO
 from alfo_torchreid.models.alfo import ALFOOutputs
-from alfo_torchreid.precision import MixedPrecision
-from test_engine import make_datamanager
-from alfo_run import REPO, refused_run
+from alfo_torchreid.utils import checkpoints
 
 # bf16 keeps 8 significant bits (a relative rounding of up to 2^-9 = 0.2 %); through
 # ResNet-50 and the heads the losses of a step move by 0.03-0.3 % (measured on two

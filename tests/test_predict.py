@@ -1,4 +1,4 @@
-"""tools/predict.py and alfo_torchreid.inference: a trained ALFO's features and
+"""tools/predict.py and alfo_torchreid.serving.inference: a trained ALFO's features and
 named attributes for a folder of images."""
 import csv
 import json
@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from alfo_torchreid import inference
-from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA
-from alfo_torchreid.checkpoints import load_checkpoint, state_dict_of
-from alfo_torchreid.errors import CheckpointError, ConfigError, DatasetError
 from alfo_run import REPO, market_split, toy_images
+
+from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA
+from alfo_torchreid.serving import inference
+from alfo_torchreid.utils.checkpoints import load_checkpoint, state_dict_of
+from alfo_torchreid.utils.errors import CheckpointError, ConfigError, DatasetError
 
 
 def tool(name, *args):

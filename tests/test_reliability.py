@@ -13,13 +13,13 @@ from unittest import mock
 
 import pytest
 import torch
-
-from alfo_torchreid import atomic, checkpoints, compat
-from alfo_torchreid.attributes import DUKE_SCHEMA
-from alfo_torchreid.errors import CheckpointError, TrainingError
-from alfo_torchreid.run_folder import restore_history
-from alfo_torchreid.toy import write_attribute_mat
 from alfo_run import assert_same_weights, history_without_times, market_split
+
+from alfo_torchreid.data.attributes import DUKE_SCHEMA
+from alfo_torchreid.data.toy import write_attribute_mat
+from alfo_torchreid.utils import atomic, checkpoints, compat
+from alfo_torchreid.utils.errors import CheckpointError, TrainingError
+from alfo_torchreid.utils.run_folder import restore_history
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
@@ -54,7 +54,7 @@ def test_a_save_failing_half_way_keeps_the_previous_checkpoint(tmp_path):
         return _FailingFile(real_open(file, mode, *args, **kwargs), limit=500)
 
     newer = {'state_dict': {'w': torch.zeros(1000)}, 'epoch': 4}
-    # atomic_save's temporary file is opened by alfo_torchreid.atomic; torch's zip
+    # atomic_save's temporary file is opened by alfo_torchreid.utils.atomic; torch's zip
     # writer may turn the OSError into a RuntimeError on its way out
     with mock.patch.object(atomic, 'open', failing_open, create=True), \
             pytest.raises((OSError, RuntimeError)):
@@ -118,7 +118,7 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(toy_root, tmp_path
 # -- non-finite loss --------------------------------------------------------
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(toy_root, tmp_path, capsys):
-    import alfo_torchreid.engine as engine_module
+    import alfo_torchreid.engine.engine as engine_module
     original = engine_module.ImageFocalVoteEngine.forward_backward
 
     def nan_in_epoch_2(self, data):
@@ -191,7 +191,7 @@ def _duke_attributes_for_market(root):
 
 
 def _attributes_missing_training_ids(root):
-    from alfo_torchreid.attributes import MARKET_SCHEMA, load_attribute_file
+    from alfo_torchreid.data.attributes import MARKET_SCHEMA, load_attribute_file
     path = root / 'market1501' / 'market_attribute.mat'
     annotation = load_attribute_file(path)
     train = dict(list(annotation.train.items())[:3])
@@ -436,7 +436,7 @@ def test_resuming_from_a_bare_state_dict_is_one_line(finished_run, toy_root, tmp
 
 def test_a_second_run_on_a_locked_folder_names_the_holder(finished_run, toy_root, tmp_path,
                                                          capsys):
-    from alfo_torchreid.run_folder import RunFolder
+    from alfo_torchreid.utils.run_folder import RunFolder
     run = _copy_run(finished_run, tmp_path)
     with RunFolder(run):
         status, _, err = _main(capsys, toy_root, run, 'train.resume', 'True',
@@ -461,7 +461,8 @@ def test_a_run_folder_that_cannot_be_written_is_one_line(toy_root, tmp_path, cap
 
 def test_an_image_too_large_for_pillow_is_one_error(tmp_path):
     from PIL import Image
-    from alfo_torchreid.errors import ImageReadError
+
+    from alfo_torchreid.utils.errors import ImageReadError
     path = tmp_path / '0001_c1s1_000001_00.jpg'
     Image.new('RGB', (64, 128)).save(path)
     with mock.patch.object(Image, 'MAX_IMAGE_PIXELS', 1000), \

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alfo_torchreid import config, paper, report, reproduce
-from alfo_torchreid.engine import ResumableEngineMixin
+from alfo_torchreid import config, reproduce
+from alfo_torchreid.engine.engine import ResumableEngineMixin
+from alfo_torchreid.evaluation import paper, report
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_TEXT = REPO.parent / 'shared' / 'paper' / 'alfo_paper.txt'

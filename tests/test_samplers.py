@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from alfo_torchreid import compat
-from alfo_torchreid.samplers import DistributedIdentitySampler, process_train_loader
+from alfo_torchreid.data.samplers import DistributedIdentitySampler, process_train_loader
+from alfo_torchreid.utils import compat
 
 BATCH, K, WORLD, SEED = 16, 4, 2, 5
 SHARE = BATCH // WORLD

@@ -7,14 +7,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from alfo_run import load_tool, market_split
 from PIL import Image
 
-from alfo_torchreid import gallery_index, inference, rank_grid, search
-from alfo_torchreid.attribute_match import attribute_disagreement, parse_where, where_mask
-from alfo_torchreid.attributes import MARKET_SCHEMA
-from alfo_torchreid.checkpoints import load_checkpoint
-from alfo_torchreid.errors import SearchError
-from alfo_run import load_tool, market_split
+from alfo_torchreid.data.attributes import MARKET_SCHEMA
+from alfo_torchreid.evaluation import rank_grid
+from alfo_torchreid.evaluation.attribute_match import (attribute_disagreement, parse_where,
+                                                       where_mask)
+from alfo_torchreid.serving import gallery_index, inference, search
+from alfo_torchreid.utils.checkpoints import load_checkpoint
+from alfo_torchreid.utils.errors import SearchError
 
 try:
     import faiss  # noqa: F401

@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torchreid
-
-from alfo_torchreid import config, report
-from alfo_torchreid import run as run_lib
-from alfo_torchreid.checkpoints import load_checkpoint
-from alfo_torchreid.engine import BaselineTripletEngine, ImageFocalVoteEngine, unwrap
-from alfo_torchreid.models import ALFO
 from alfo_run import refused_run
 from fake_cuda import cuda_reported_available, fake_cuda
+
+from alfo_torchreid import config, run as run_lib
+from alfo_torchreid.engine.engine import BaselineTripletEngine, ImageFocalVoteEngine, unwrap
+from alfo_torchreid.evaluation import report
+from alfo_torchreid.models import ALFO
+from alfo_torchreid.utils.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']

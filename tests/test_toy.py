@@ -14,12 +14,11 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from alfo_torchreid import compat
-from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA
-from alfo_torchreid.errors import ConfigError, DatasetError
-from alfo_torchreid.toy import (DUKE_FIELD_ORDER, MARKET_FIELD_ORDER, Camera,
-                                make_toy_dataset, render_image, sample_look,
-                                write_attribute_mat)
+from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA
+from alfo_torchreid.data.toy import (DUKE_FIELD_ORDER, MARKET_FIELD_ORDER, Camera, make_toy_dataset,
+                                     render_image, sample_look, write_attribute_mat)
+from alfo_torchreid.utils import compat
+from alfo_torchreid.utils.errors import ConfigError, DatasetError
 
 MARKET_NAME = re.compile(r'^(\d{4}|-1)_c[1-6]s[1-6]_\d{6}_\d{2}\.jpg$')
 DUKE_NAME = re.compile(r'^\d{4}_c[1-8]_f\d{7}\.jpg$')

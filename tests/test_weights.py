@@ -1,4 +1,4 @@
-"""alfo_torchreid.weights: sources, cache, atomic verified downloads, safe loading.
+"""alfo_torchreid.utils.weights: sources, cache, atomic verified downloads, safe loading.
 
 No internet: http sources point at a server on 127.0.0.1, and gdown.download is
 replaced by fakes that write into the file they are given or fail.
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 import torchreid
-
-from alfo_torchreid import weights
-from alfo_torchreid.errors import CheckpointError, DownloadError, UntrustedCheckpointError
-from alfo_torchreid.models import ALFO
 from http_server import closed_port_url, serve
+
+from alfo_torchreid.models import ALFO
+from alfo_torchreid.utils import weights
+from alfo_torchreid.utils.errors import CheckpointError, DownloadError, UntrustedCheckpointError
 
 PAYLOAD = bytes(range(256)) * 800  # 204,800 bytes: several chunks
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -149,7 +149,7 @@ def test_cached_zoo_file_is_used_without_download(cache, monkeypatch):
 
 def test_zoo_file_downloaded_with_gdown_and_reported_unverified(cache, monkeypatch, caplog):
     calls = _fake_gdown(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger='alfo_torchreid.weights'):
+    with caplog.at_level(logging.WARNING, logger='alfo_torchreid.utils.weights'):
         path = weights.resolve('resnet50_market1501')
     assert calls == [weights.MODEL_ZOO['resnet50_market1501'].url]
     assert path == str(cache / ZOO_FILE) and (cache / ZOO_FILE).read_bytes() == CKPT_BYTES

@@ -10,8 +10,8 @@ and prints the table.
 import argparse
 import sys
 
-from alfo_torchreid import report
-from alfo_torchreid.errors import run_command
+from alfo_torchreid.evaluation import report
+from alfo_torchreid.utils.errors import run_command
 
 
 def main(argv=None):

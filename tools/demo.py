@@ -8,10 +8,10 @@ log/toy/pcb (the runs), log/toy/comparison (table and plots).
 import os.path as osp
 import sys
 
-from alfo_torchreid import config, report
-from alfo_torchreid import run as run_lib
-from alfo_torchreid.errors import run_command
-from alfo_torchreid.toy import make_toy_dataset
+from alfo_torchreid import config, run as run_lib
+from alfo_torchreid.data.toy import make_toy_dataset
+from alfo_torchreid.evaluation import report
+from alfo_torchreid.utils.errors import run_command
 
 ROOT = 'toy-data'
 CONFIGS = ('configs/alfo_toy.yaml', 'configs/pcb_toy.yaml')

@@ -24,10 +24,10 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 
-from alfo_torchreid import weights
-from alfo_torchreid.datasets import DukeMTMCreIDAttr, Market1501Attr
-from alfo_torchreid.download import download, sha256_of
-from alfo_torchreid.errors import DownloadError, run_command
+from alfo_torchreid.data.datasets import DukeMTMCreIDAttr, Market1501Attr
+from alfo_torchreid.utils import weights
+from alfo_torchreid.utils.download import download, sha256_of
+from alfo_torchreid.utils.errors import DownloadError, run_command
 
 SPLITS = ('bounding_box_train', 'bounding_box_test', 'query')
 

@@ -12,8 +12,8 @@ on a batch of another size (onnxruntime for ONNX): its outputs must be within
 import argparse
 import sys
 
-from alfo_torchreid import export, inference
-from alfo_torchreid.errors import run_command
+from alfo_torchreid.serving import export, inference
+from alfo_torchreid.utils.errors import run_command
 
 
 def build_parser():

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 import alfo_torchreid.run as run_lib
-from alfo_torchreid.errors import run_command
+from alfo_torchreid.utils.errors import run_command
 
 
 def build_parser():

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Writes the toy Market-1501 / DukeMTMC-reID (see ``alfo_torchreid.toy``).
+"""Writes the toy Market-1501 / DukeMTMC-reID (see ``alfo_torchreid.data.toy``).
 
     python tools/make_toy_dataset.py --root reid-data --dataset all
 
@@ -8,8 +8,8 @@ then point torchreid (``data.root``) at ``--root``.
 import argparse
 import sys
 
-from alfo_torchreid.errors import run_command
-from alfo_torchreid.toy import LAYOUTS, make_toy_dataset
+from alfo_torchreid.data.toy import LAYOUTS, make_toy_dataset
+from alfo_torchreid.utils.errors import run_command
 
 # Counts that exist in one of the real sets only.
 DATASET_ONLY = {'market1501': ('num_distractor_images', 'num_junk_images'),

@@ -16,8 +16,8 @@ import argparse
 import logging
 import sys
 
-from alfo_torchreid import inference
-from alfo_torchreid.errors import run_command
+from alfo_torchreid.serving import inference
+from alfo_torchreid.utils.errors import run_command
 
 
 def build_parser():

@@ -17,7 +17,7 @@ import os.path as osp
 import sys
 
 from alfo_torchreid import reproduce
-from alfo_torchreid.errors import run_command
+from alfo_torchreid.utils.errors import run_command
 
 
 def build_parser():

@@ -20,9 +20,11 @@ import logging
 import os.path as osp
 import sys
 
-from alfo_torchreid import gallery_index, inference, rank_grid, search
-from alfo_torchreid.attribute_match import format_prediction, named_predictions, parse_where
-from alfo_torchreid.errors import run_command
+from alfo_torchreid.evaluation import rank_grid
+from alfo_torchreid.evaluation.attribute_match import (format_prediction, named_predictions,
+                                                       parse_where)
+from alfo_torchreid.serving import gallery_index, inference, search
+from alfo_torchreid.utils.errors import run_command
 
 
 def build_parser():

@@ -1,8 +1,8 @@
 """ALFO's models and their registration into torchreid's model factory."""
-from alfo_torchreid import compat
-from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA
+from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA
 from alfo_torchreid.models.alfo import ALFO, ALFOOutputs, StripeAttributeHeads
 from alfo_torchreid.models.stripes import StripeGeometry, overlapping_stripes, pool_stripes
+from alfo_torchreid.utils import compat
 
 
 def alfo_market(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs):

@@ -25,12 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from alfo_torchreid import compat, weights
-from alfo_torchreid.attributes import MARKET_SCHEMA
-from alfo_torchreid.errors import ConfigError
+from alfo_torchreid.data.attributes import MARKET_SCHEMA
 from alfo_torchreid.losses import (attribute_logit_widths, logits_to_probabilities,
                                    split_attribute_logits)
 from alfo_torchreid.models.stripes import overlapping_stripes, pool_stripes
+from alfo_torchreid.utils import compat, weights
+from alfo_torchreid.utils.errors import ConfigError
 
 FEATURES = ('global', 'local', 'global+local')
 ATTR_PRED = ('voted', 'mean')
@@ -85,7 +85,7 @@ class ALFO(compat.ResNet):
 
     Args:
         num_classes: training identities (size of the identity classifier).
-        schema: the :class:`~alfo_torchreid.attributes.AttributeSchema` of the heads.
+        schema: the :class:`~alfo_torchreid.data.attributes.AttributeSchema` of the heads.
         loss: torchreid's loss name, ``'softmax'`` or ``'triplet'``; the output
             is the same for both (:class:`ALFOOutputs` carries the retrieval
             features a triplet loss needs), the losses are
@@ -106,7 +106,7 @@ class ALFO(compat.ResNet):
             Without the global branch the model is trained by the attribute
             loss alone; without the local branch it has no attribute heads.
         pretrained: False; True for torchreid's ImageNet ResNet-50 weights; or
-            any spec of :func:`alfo_torchreid.weights.load_weights` (a model-zoo
+            any spec of :func:`alfo_torchreid.utils.weights.load_weights` (a model-zoo
             name, the path of a weights file or checkpoint). Loaded safely,
             matched by name and shape, heads left as initialised.
     """

@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from alfo_torchreid.errors import ConfigError
+from alfo_torchreid.utils.errors import ConfigError
 
 
 class StripeGeometry(NamedTuple):

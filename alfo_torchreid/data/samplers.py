@@ -20,7 +20,7 @@ import random
 import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from alfo_torchreid import compat
+from alfo_torchreid.utils import compat
 
 DISTRIBUTED_SAMPLERS = ('RandomSampler', 'SequentialSampler', 'RandomIdentitySampler')
 

@@ -5,7 +5,7 @@ A run of ``tools/main.py`` holds ``config.yaml`` beside ``model/`` (its
 checkpoints); the checkpoint's ``signature`` gives the number of training
 identities and the attribute schema, the config the input size, normalisation
 and the ``alfo.*`` settings the network was built with. Outputs follow the
-layout of :mod:`alfo_torchreid.attribute_match`: features ``[N, D]`` and
+layout of :mod:`alfo_torchreid.evaluation.attribute_match`: features ``[N, D]`` and
 attribute probabilities ``[N, K]``.
 """
 import csv
@@ -23,12 +23,13 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from alfo_torchreid import checkpoints, compat, config
-from alfo_torchreid.atomic import replacing, write_file
-from alfo_torchreid.attribute_match import choices, named_predictions, split_attributes
-from alfo_torchreid.attributes import AttributeSchema
-from alfo_torchreid.errors import CheckpointError, ConfigError, DatasetError, ImageReadError
+from alfo_torchreid import config
+from alfo_torchreid.data.attributes import AttributeSchema
+from alfo_torchreid.evaluation.attribute_match import choices, named_predictions, split_attributes
 from alfo_torchreid.models import ALFO
+from alfo_torchreid.utils import checkpoints, compat
+from alfo_torchreid.utils.atomic import replacing, write_file
+from alfo_torchreid.utils.errors import CheckpointError, ConfigError, DatasetError, ImageReadError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class TrainedALFO:
             (torchreid's evaluation transform).
         identity: what must match for two feature sets to be comparable: the
             checkpoint's signature, the weights' digest
-            (:func:`~alfo_torchreid.checkpoints.weights_digest`) and the config
+            (:func:`~alfo_torchreid.utils.checkpoints.weights_digest`) and the config
             values that change the outputs.
         weights, config_file: the files it was loaded from (absolute paths).
         device: where ``network`` runs.

@@ -1,6 +1,6 @@
 """A trained ALFO exported for use without this package: ONNX or TorchScript.
 
-The exported function is :class:`~alfo_torchreid.inference.FeaturesAndAttributes`
+The exported function is :class:`~alfo_torchreid.serving.inference.FeaturesAndAttributes`
 in eval mode::
 
     images   [B, 3, H, W] float32, RGB scaled to [0, 1], then normalised with
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from alfo_torchreid.atomic import PartialFile, write_file
-from alfo_torchreid.errors import ExportError
+from alfo_torchreid.utils.atomic import PartialFile, write_file
+from alfo_torchreid.utils.errors import ExportError
 
 FORMATS = ('onnx', 'torchscript')
 SUFFIXES = {'onnx': '.onnx', 'torchscript': '.torchscript.pt'}
@@ -60,7 +60,7 @@ def export_model(trained, fmt, out_path=''):
     """Exports and checks a loaded model.
 
     Args:
-        trained (TrainedALFO): from :func:`~alfo_torchreid.inference.load_trained_alfo`.
+        trained (TrainedALFO): from :func:`~alfo_torchreid.serving.inference.load_trained_alfo`.
         fmt (str): ``'onnx'`` or ``'torchscript'``.
         out_path (str): default: the weights' path + ``.onnx`` / ``.torchscript.pt``.
 

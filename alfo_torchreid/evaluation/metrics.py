@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from .attributes import UNKNOWN
+from alfo_torchreid.data.attributes import UNKNOWN
 
 # Queries are processed in chunks of about this many distance entries: the
 # sorted copy of a chunk (1 MB in float32) stays in the CPU's cache while its

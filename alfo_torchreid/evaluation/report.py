@@ -18,8 +18,8 @@ matplotlib.use('Agg')  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from alfo_torchreid.atomic import write_file  # noqa: E402
-from alfo_torchreid.errors import AlfoError  # noqa: E402
+from alfo_torchreid.utils.atomic import write_file  # noqa: E402
+from alfo_torchreid.utils.errors import AlfoError  # noqa: E402
 
 COLUMNS = ('run', 'model', 'dataset', 'rank1', 'rank5', 'rank10', 'mAP', 'attr_mA',
            'params_M', 'GFLOPs', 'sec_per_epoch')

@@ -23,8 +23,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from alfo_torchreid.errors import ConfigError
-
+from alfo_torchreid.utils.errors import ConfigError
 
 # -- torchrun's environment --------------------------------------------------
 

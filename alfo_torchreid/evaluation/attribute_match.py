@@ -7,12 +7,12 @@ class probabilities, concatenated in schema order (``K = sum(schema.num_classes)
 a binary attribute's two columns are P(no), P(yes)). The gallery index,
 ``tools/predict.py`` and the exported model's second output all use this
 layout. A colour group (``upcolour``, ``downcolour``: see
-:meth:`~alfo_torchreid.attributes.AttributeSchema.colour_forms`) reads as one
+:meth:`~alfo_torchreid.data.attributes.AttributeSchema.colour_forms`) reads as one
 attribute whose predicted colour is the argmax of its colours' P(yes).
 """
 import torch
 
-from alfo_torchreid.errors import SearchError
+from alfo_torchreid.utils.errors import SearchError
 
 
 def split_attributes(probs, schema):

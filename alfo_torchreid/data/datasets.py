@@ -27,7 +27,7 @@ Summing datasets (``combineall``, several ``sources``) keeps the attributes:
 the sum's schema is the union of the sources' (first source's order), with -1
 for the attributes a source lacks.
 
-Command line: ``python -m alfo_torchreid.datasets --root R --name market1501_attr``
+Command line: ``python -m alfo_torchreid.data.datasets --root R --name market1501_attr``
 prints the splits and each attribute's positive rate.
 """
 import argparse
@@ -42,10 +42,10 @@ import numpy as np
 import torch
 import torchreid
 
-from alfo_torchreid import compat
-from alfo_torchreid.attributes import UNKNOWN, convert_labels, load_attribute_file
-from alfo_torchreid.download import download
-from alfo_torchreid.errors import AttributeFileError, ConfigError, DatasetError, run_command
+from alfo_torchreid.data.attributes import UNKNOWN, convert_labels, load_attribute_file
+from alfo_torchreid.utils import compat
+from alfo_torchreid.utils.download import download
+from alfo_torchreid.utils.errors import AttributeFileError, ConfigError, DatasetError, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ def _format_rate(rates):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='python -m alfo_torchreid.datasets',
+        prog='python -m alfo_torchreid.data.datasets',
         description='Summarise an attribute dataset: splits and attribute rates.')
     parser.add_argument('--root', required=True, help='data root, as torchreid\'s')
     parser.add_argument('--name', required=True, choices=sorted(DATASETS))

@@ -15,7 +15,7 @@
 
 Downloads are atomic: a file appears under its cache name only once complete,
 so an interrupted download is never used. Every file is read by
-:func:`alfo_torchreid.checkpoints.load_checkpoint` (no unpickling of code unless
+:func:`alfo_torchreid.utils.checkpoints.load_checkpoint` (no unpickling of code unless
 trusted) and loaded by name and shape; the heads, which depend on the training
 set's identities and attributes, are never taken from pretrained weights, and
 what does not fit is skipped and reported.
@@ -27,10 +27,10 @@ from typing import Optional
 
 import torch
 
-from alfo_torchreid import checkpoints, compat
-from alfo_torchreid.atomic import PartialFile
-from alfo_torchreid.download import download, sha256_of
-from alfo_torchreid.errors import CheckpointError, DownloadError
+from alfo_torchreid.utils import checkpoints, compat
+from alfo_torchreid.utils.atomic import PartialFile
+from alfo_torchreid.utils.download import download, sha256_of
+from alfo_torchreid.utils.errors import CheckpointError, DownloadError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class WeightsSource:
         filename: its name in torch's checkpoint cache.
         sha256: the expected hex digest or its leading digits; None where the
             publisher gives none.
-        via: ``'http'`` (:func:`alfo_torchreid.download.download`) or
+        via: ``'http'`` (:func:`alfo_torchreid.utils.download.download`) or
             ``'gdown'`` (Google Drive).
     """
     url: str
@@ -167,7 +167,7 @@ def _verify(path, source, remove):
 
 def _download_from_drive(source, dest, progress):
     """Downloads a Google Drive file with gdown, atomically (temporary file,
-    fsync, rename), as :func:`alfo_torchreid.download.download` does over http."""
+    fsync, rename), as :func:`alfo_torchreid.utils.download.download` does over http."""
     import gdown
     try:
         with PartialFile(dest) as partial:

@@ -17,8 +17,8 @@ import os.path as osp
 import time
 import warnings
 
-from alfo_torchreid.atomic import write_file
-from alfo_torchreid.errors import RunFolderError
+from alfo_torchreid.utils.atomic import write_file
+from alfo_torchreid.utils.errors import RunFolderError
 
 LOCK = '.lock'
 HISTORY = 'history.jsonl'
@@ -75,7 +75,7 @@ class RunFolder:
         return lock
 
     def remove_stale_partial_files(self, before):
-        """Removes ``.*.part`` files (:class:`alfo_torchreid.atomic.PartialFile`)
+        """Removes ``.*.part`` files (:class:`alfo_torchreid.utils.atomic.PartialFile`)
         last written before ``before`` (seconds since the epoch): a run holding
         the folder writes only its own, so older ones belong to a dead run.
 

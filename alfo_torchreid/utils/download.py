@@ -1,7 +1,7 @@
 """Atomic, checksum-verified downloads (annotation files, model weights).
 
 :func:`download` streams into a temporary file beside the destination
-(:class:`alfo_torchreid.atomic.PartialFile`), checks the byte count and the
+(:class:`alfo_torchreid.utils.atomic.PartialFile`), checks the byte count and the
 sha256, fsyncs, and only then renames it into place: the destination is either
 the complete verified file or left as it was, never a partial download.
 """
@@ -12,8 +12,8 @@ import sys
 import urllib.error
 import urllib.request
 
-from alfo_torchreid.atomic import PartialFile
-from alfo_torchreid.errors import DownloadError
+from alfo_torchreid.utils.atomic import PartialFile
+from alfo_torchreid.utils.errors import DownloadError
 
 CHUNK_BYTES = 1 << 16
 

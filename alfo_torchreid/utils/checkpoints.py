@@ -12,7 +12,7 @@ dataset is refused with a clear message).
 
 * Saving: torchreid's ``save_checkpoint`` writes in place, so a crash while
   saving destroys the previous file. :func:`atomic_save` writes through a
-  temporary file (:mod:`alfo_torchreid.atomic`): a reader sees the old or the
+  temporary file (:mod:`alfo_torchreid.utils.atomic`): a reader sees the old or the
   new complete file. :func:`save_training_state` also refuses to write
   weights or buffers that are not finite, so the last checkpoint on disk is
   always one training can continue from.
@@ -35,9 +35,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from alfo_torchreid import distributed
-from alfo_torchreid.atomic import replacing
-from alfo_torchreid.errors import CheckpointError, TrainingError, UntrustedCheckpointError
+from alfo_torchreid.utils import distributed
+from alfo_torchreid.utils.atomic import replacing
+from alfo_torchreid.utils.errors import CheckpointError, TrainingError, UntrustedCheckpointError
 
 LATEST = 'latest.pth.tar'
 
@@ -54,7 +54,7 @@ def atomic_save(obj, fpath):
     """``torch.save`` to ``fpath`` through a temporary file, fsync and rename.
 
     If writing fails at any point, the previous ``fpath`` (if any) is intact
-    and no temporary file is left behind (see :mod:`alfo_torchreid.atomic`).
+    and no temporary file is left behind (see :mod:`alfo_torchreid.utils.atomic`).
     """
     with replacing(fpath) as f:
         torch.save(obj, f)
@@ -283,7 +283,7 @@ def set_rng_state(state):
 def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=None,
                         trust=False, restore_rng=True, precision=None):
     """Resumes from ``fpath``: weights, optimizer, scheduler, gradient scaler
-    (into ``precision``, a :class:`alfo_torchreid.precision.MixedPrecision`)
+    (into ``precision``, a :class:`alfo_torchreid.engine.precision.MixedPrecision`)
     and RNG states (:func:`restore_rng_states`).
 
     The checkpoint must fit ``num_classes`` and ``model.schema`` and have been

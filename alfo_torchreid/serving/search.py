@@ -13,7 +13,7 @@ the nearest items:
 
 :func:`rank_gallery` ranks for one query: only the items whose predicted
 attributes meet a ``--where`` filter (FAISS filters inside the search), and
-re-ranked by :func:`~alfo_torchreid.attribute_match.attribute_reranked` when
+re-ranked by :func:`~alfo_torchreid.evaluation.attribute_match.attribute_reranked` when
 an attribute weight is given.
 """
 from dataclasses import dataclass
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alfo_torchreid.attribute_match import (attribute_disagreement, attribute_reranked,
-                                            where_mask)
-from alfo_torchreid.errors import SearchError
+from alfo_torchreid.evaluation.attribute_match import (attribute_disagreement, attribute_reranked,
+                                                       where_mask)
+from alfo_torchreid.utils.errors import SearchError
 
 BACKENDS = ('torch', 'faiss-flat', 'faiss-ivfpq')
 ADD_CHUNK = 100000  # rows copied into FAISS at a time (800 MB of 2048-d float32)
@@ -176,7 +176,7 @@ class FaissSearch:
 
 
 def open_search(index):
-    """The search object of a :class:`~alfo_torchreid.gallery_index.GalleryIndex`'s backend."""
+    """The search object of a :class:`~alfo_torchreid.serving.gallery_index.GalleryIndex`'s backend."""
     if index.backend == 'torch':
         return TorchSearch(np.load(index.file('features')))  # in memory, not mapped
     if index.backend == 'faiss-flat':
@@ -202,7 +202,7 @@ class Hit:
 def query_scale(features, query):
     """The query's median squared distance to the gallery ``features`` ``[N, D]``
     (``torch.median``), over :data:`SCALE_SAMPLE` evenly spaced items at most:
-    the ``s_q`` of :func:`~alfo_torchreid.attribute_match.attribute_reranked`."""
+    the ``s_q`` of :func:`~alfo_torchreid.evaluation.attribute_match.attribute_reranked`."""
     rows = np.unique(np.linspace(0, len(features) - 1, min(len(features), SCALE_SAMPLE))
                      .round().astype(np.int64))
     sample = torch.from_numpy(np.asarray(features[rows], dtype=np.float32))
@@ -215,11 +215,11 @@ def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where
     """The ``top`` gallery items for one query.
 
     Args:
-        index: a :class:`~alfo_torchreid.gallery_index.GalleryIndex`.
+        index: a :class:`~alfo_torchreid.serving.gallery_index.GalleryIndex`.
         searcher: its :func:`open_search`.
         query_feature: ``[D]``, as the index stores features (normalised or not).
         query_attributes: ``[K]`` the query's attribute probabilities.
-        where: conditions of :func:`~alfo_torchreid.attribute_match.parse_where`;
+        where: conditions of :func:`~alfo_torchreid.evaluation.attribute_match.parse_where`;
             only items whose predicted attributes meet all of them are ranked.
         attr_weight: >= 0; above 0, items are ranked by the re-ID distance plus
             ``attr_weight * s_q * A`` (:func:`attribute_reranked`). The nearest

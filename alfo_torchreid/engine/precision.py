@@ -15,8 +15,6 @@ import contextlib
 
 import torch
 
-AMP_MODES = ('off', 'bf16', 'fp16')
-CHANNELS_LAST_MODES = ('auto', 'on', 'off')
 _DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
@@ -29,7 +27,7 @@ class MixedPrecision:
     """The autocast context and the backward/step of one ``train.amp`` mode.
 
     Args:
-        amp: one of :data:`AMP_MODES`.
+        amp: one of :data:`alfo_torchreid.config.AMP_MODES`.
         use_gpu: whether the model runs on CUDA (autocast's device type).
     """
 

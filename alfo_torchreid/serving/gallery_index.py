@@ -11,7 +11,7 @@ names them::
     features-<gen>.npy      float32 [N, D] retrieval features, L2-normalised when
                             the run compared normalised features
     attributes-<gen>.npy    float32 [N, K] attribute probabilities (the layout of
-                            alfo_torchreid.attribute_match)
+                            alfo_torchreid.evaluation.attribute_match)
     items-<gen>.csv         path, size, mtime_ns: the image of every row
     ivfpq-<gen>.faiss       the trained FAISS IVF-PQ index (backend faiss-ivfpq)
 
@@ -34,11 +34,12 @@ from typing import List, Tuple
 
 import numpy as np
 
-from alfo_torchreid.atomic import replacing, write_file
-from alfo_torchreid.attributes import AttributeSchema
-from alfo_torchreid.errors import SearchError
-from alfo_torchreid.inference import Predictions, find_images, predict
-from alfo_torchreid.search import build_ivfpq, default_backend, import_faiss, search_settings
+from alfo_torchreid.data.attributes import AttributeSchema
+from alfo_torchreid.serving.inference import Predictions, find_images, predict
+from alfo_torchreid.serving.search import (build_ivfpq, default_backend, import_faiss,
+                                           search_settings)
+from alfo_torchreid.utils.atomic import replacing, write_file
+from alfo_torchreid.utils.errors import SearchError
 
 FORMAT = 1
 META_FILE = 'index.json'
@@ -129,7 +130,7 @@ def file_stamp(path):
 
 def check_identity(index, trained):
     """Raises SearchError in one line when ``trained`` (a
-    :class:`~alfo_torchreid.inference.TrainedALFO`) is not the model that built
+    :class:`~alfo_torchreid.serving.inference.TrainedALFO`) is not the model that built
     ``index``: other weights, another checkpoint signature or other settings."""
     theirs = index.meta['identity']
     ours = json.loads(json.dumps(trained.identity))  # tuples as lists, as stored
@@ -152,9 +153,9 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
         folder (str): the index folder.
         trained (TrainedALFO): the model; an existing index must have been
             built by the same one (:func:`check_identity`).
-        inputs (list): image files and folders (:func:`~alfo_torchreid.inference.find_images`).
-        backend (str): one of :data:`alfo_torchreid.search.BACKENDS`; None:
-            the existing index's, else :func:`~alfo_torchreid.search.default_backend`.
+        inputs (list): image files and folders (:func:`~alfo_torchreid.serving.inference.find_images`).
+        backend (str): one of :data:`alfo_torchreid.serving.search.BACKENDS`; None:
+            the existing index's, else :func:`~alfo_torchreid.serving.search.default_backend`.
 
     Returns:
         (GalleryIndex, UpdateReport). Unreadable images are left out (named in

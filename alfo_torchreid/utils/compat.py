@@ -5,7 +5,7 @@
   while attribute access through the top-level package works in both. Every
   torchreid class this package needs is looked up here.
 * Checkpoints: torchreid's ``load_checkpoint`` fails on torch >= 2.6; the
-  safe loader that replaces it is :func:`alfo_torchreid.checkpoints.load_checkpoint`.
+  safe loader that replaces it is :func:`alfo_torchreid.utils.checkpoints.load_checkpoint`.
 * Images: torchreid's ``read_image`` loops forever on an unreadable file;
   :func:`read_image` fails at once and names the file. :func:`test_transform`
   is torchreid's evaluation transform without the lines it prints.
@@ -16,7 +16,7 @@ import io
 import torchreid
 from PIL import Image
 
-from alfo_torchreid.errors import ImageReadError
+from alfo_torchreid.utils.errors import ImageReadError
 
 Market1501 = torchreid.data.datasets.Market1501
 DukeMTMCreID = torchreid.data.datasets.DukeMTMCreID

@@ -23,7 +23,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from alfo_torchreid.errors import AttributeFileError
+from alfo_torchreid.utils.errors import AttributeFileError
 
 UNKNOWN = -1
 

@@ -33,15 +33,16 @@ import torch.nn.functional as F
 import torchreid
 from tqdm import tqdm
 
-from alfo_torchreid import checkpoints, compat, distributed
-from alfo_torchreid.attribute_match import (attribute_disagreement, attribute_reranked,
-                                            named_predictions)
-from alfo_torchreid.errors import ConfigError, TrainingError
+from alfo_torchreid.engine.precision import MixedPrecision
+from alfo_torchreid.evaluation.attribute_match import (attribute_disagreement, attribute_reranked,
+                                                       named_predictions)
+from alfo_torchreid.evaluation.metrics import (attribute_metrics, evaluate_rank,
+                                               format_attribute_table)
+from alfo_torchreid.evaluation.rank_grid import draw_ranking
 from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
-from alfo_torchreid.metrics import attribute_metrics, evaluate_rank, format_attribute_table
-from alfo_torchreid.precision import MixedPrecision
-from alfo_torchreid.rank_grid import draw_ranking
-from alfo_torchreid.run_folder import HISTORY
+from alfo_torchreid.utils import checkpoints, compat, distributed
+from alfo_torchreid.utils.errors import ConfigError, TrainingError
+from alfo_torchreid.utils.run_folder import HISTORY
 
 
 def unwrap(model):
@@ -93,7 +94,7 @@ class ResumableEngineMixin:
             also hold the optimizer and scheduler states. ``latest.pth.tar``
             always does (it is what a run resumes from); the snapshots are
             weights for evaluation and fine-tuning, 1/3 of the size without them.
-        precision: :class:`alfo_torchreid.precision.MixedPrecision` of the
+        precision: :class:`alfo_torchreid.engine.precision.MixedPrecision` of the
             training steps (``train.amp``; fp32 when None). Its gradient
             scaler's state goes into ``latest.pth.tar``.
         channels_last: whether batches go to the model in channels-last memory
@@ -375,7 +376,7 @@ class ImageFocalVoteEngine(BaselineEngine):
             triplet_weight, margin: see :class:`alfo_torchreid.losses.ALFOLoss`.
         attr_rerank_weight: above 0, the test ranks (and visrank draws) by
             re-ID distance plus this weight times the attribute term of
-            :func:`alfo_torchreid.attribute_match.attribute_reranked`, what
+            :func:`alfo_torchreid.evaluation.attribute_match.attribute_reranked`, what
             ``tools/search.py --attr-weight`` does; 0 leaves torchreid's ranking.
         precision, channels_last: see :class:`ResumableEngineMixin`; the
             forward pass runs under ``precision``'s autocast, the loss in fp32.

@@ -41,8 +41,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from alfo_torchreid.attributes import DUKE_SCHEMA, MARKET_SCHEMA, AttributeSchema
-from alfo_torchreid.errors import ConfigError, DatasetError
+from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA, AttributeSchema
+from alfo_torchreid.utils.errors import ConfigError, DatasetError
 
 MARKER_FILE = 'toy_dataset.json'
 
@@ -74,7 +74,7 @@ DUKE_FIELD_ORDER = {
 _SPLIT_ORDER = {'market1501': ('test', 'train'), 'dukemtmcreid': ('train', 'test')}
 _VARIABLE = {'market1501': 'market_attribute', 'dukemtmcreid': 'duke_attribute'}
 # A fixed .mat header instead of scipy's timestamp, so that same seed = same bytes.
-_MAT_HEADER = b'MATLAB 5.0 MAT-file, Platform: posix, Created by alfo_torchreid.toy'
+_MAT_HEADER = b'MATLAB 5.0 MAT-file, Platform: posix, Created by alfo_torchreid.data.toy'
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import os.path as osp
 
 from PIL import Image, ImageDraw, ImageFont
 
-from alfo_torchreid import compat
-from alfo_torchreid.atomic import replacing
-from alfo_torchreid.attributes import BINARY_CLASS_NAMES
-from alfo_torchreid.datasets import parse_image_name
-from alfo_torchreid.errors import DatasetError, ImageReadError
+from alfo_torchreid.data.attributes import BINARY_CLASS_NAMES
+from alfo_torchreid.data.datasets import parse_image_name
+from alfo_torchreid.utils import compat
+from alfo_torchreid.utils.atomic import replacing
+from alfo_torchreid.utils.errors import DatasetError, ImageReadError
 
 IMAGE_SIZE = (80, 160)  # width, height of a crop in the grid
 CELL_WIDTH = 116
@@ -39,7 +39,7 @@ def person_id(path):
 
 def attribute_summary(prediction, schema):
     """Short caption lines for one image's named predictions (as
-    :func:`~alfo_torchreid.attribute_match.named_predictions` gives them)."""
+    :func:`~alfo_torchreid.evaluation.attribute_match.named_predictions` gives them)."""
     forms = schema.colour_forms()
     classes = ' '.join(prediction[n][0] for n in SUMMARY_CLASSES if n in prediction)
     colours = ' '.join(f'{form[:-len("colour")]} {prediction[form][0]}' for form in forms)
