@@ -6,10 +6,14 @@ median over the toy gallery: an untrained ALFO would otherwise predict the same
 attributes for every image, and a filter would keep all or nothing.
 """
 import contextlib
+import functools
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchreid
@@ -26,12 +30,39 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / 'configs' / 'alfo_toy.yaml'
 
 
+class ToolResult(NamedTuple):
+    """What a tool run gave, named as in ``subprocess.CompletedProcess``; it
+    unpacks as ``status, out, err``."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@functools.lru_cache(maxsize=None)
 def load_tool(name):
-    """The module of tools/<name>.py, to call its ``main(argv)`` in this process."""
+    """The module of tools/<name>.py, to call its ``main(argv)`` in this process
+    (loaded once per session; the tools keep no state between calls)."""
     spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_tool(name, *args, process=False, **kwargs):
+    """Runs tools/<name>.py with ``args`` (each ``str()``-ed): its ``main`` in this
+    process, stdout and stderr captured (no interpreter start-up), or with
+    ``process`` in a fresh interpreter, where the process itself is under test
+    (signals, start-up, the exit status of ``sys.exit``); ``kwargs`` go to
+    ``subprocess.run`` then. Returns a :class:`ToolResult`."""
+    argv = [str(a) for a in args]
+    if process:
+        proc = subprocess.run([sys.executable, str(REPO / 'tools' / f'{name}.py'), *argv],
+                              capture_output=True, text=True, **{'timeout': 600, **kwargs})
+        return ToolResult(proc.returncode, proc.stdout, proc.stderr)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = load_tool(name).main(argv)
+    return ToolResult(status, out.getvalue(), err.getvalue())
 
 
 def refused_run(capsys, toy_root, tmp_path, *opts):

@@ -8,23 +8,16 @@ metrics files. For every case: exit status 2, exactly one ``error:`` line, no
 traceback, and the folder of an earlier run (the run folder of every main.py
 case) left byte for byte as it was.
 """
-import contextlib
-import io
 import json
 import random
-import runpy
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 
 from alfo_torchreid import config
-from alfo_run import market_split
+from alfo_run import REPO, market_split, run_tool
 
-REPO = Path(__file__).resolve().parents[1]
-MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
-COMPARE = runpy.run_path(str(REPO / 'tools' / 'compare.py'))['main']
 TOY_CONFIG = REPO / 'configs' / 'alfo_toy.yaml'
 SEED = 20261129
 
@@ -231,14 +224,12 @@ def unchanged(earlier_run):
 
 
 def _refused(tool, argv):
-    """Runs ``tool(argv)`` in-process; checks exit 2, one error line, no traceback."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = tool([str(a) for a in argv])
-    text = out.getvalue() + err.getvalue()
-    errors = [line for line in err.getvalue().splitlines() if line.startswith('error: ')]
+    """Runs tools/<tool>.py in-process; checks exit 2, one error line, no traceback."""
+    status, out, err = run_tool(tool, *argv)
+    text = out + err
+    errors = [line for line in err.splitlines() if line.startswith('error: ')]
     assert status == 2, text[-2000:]
-    assert len(errors) == 1 and err.getvalue().rstrip().endswith(errors[0]), err.getvalue()
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
     assert 'Traceback' not in text
     return errors[0]
 
@@ -249,7 +240,7 @@ def test_bad_config(name, overrides, text, toy_root, unchanged, tmp_path):
     if text is not None:
         config_file = tmp_path / 'bad.yaml'
         config_file.write_bytes(text.replace('{self}', 'bad.yaml').encode())
-    _refused(MAIN, ['--config-file', config_file, '--root', toy_root,
+    _refused('main', ['--config-file', config_file, '--root', toy_root,
                     'data.save_dir', unchanged, *overrides])
 
 
@@ -258,14 +249,14 @@ def test_bad_tree(name, mutate, toy_root, unchanged, tmp_path):
     root = tmp_path / 'data'
     shutil.copytree(toy_root / 'market1501', root / 'market1501')
     mutate(root)
-    _refused(MAIN, ['--config-file', TOY_CONFIG, '--root', root, 'data.save_dir', unchanged])
+    _refused('main', ['--config-file', TOY_CONFIG, '--root', root, 'data.save_dir', unchanged])
 
 
 @pytest.mark.parametrize('name, key, content', FILE_CASES, ids=[c[0] for c in FILE_CASES])
 def test_bad_file(name, key, content, toy_root, unchanged, tmp_path):
     path = tmp_path / 'damaged.pth'
     path.write_bytes(content)
-    line = _refused(MAIN, ['--config-file', TOY_CONFIG, '--root', toy_root,
+    line = _refused('main', ['--config-file', TOY_CONFIG, '--root', toy_root,
                            'data.save_dir', unchanged, key, path])
     assert str(path) in line
 
@@ -274,7 +265,7 @@ def test_bad_file(name, key, content, toy_root, unchanged, tmp_path):
 def test_bad_metrics_file(name, content, tmp_path):
     (tmp_path / 'run').mkdir()
     (tmp_path / 'run' / 'metrics.json').write_bytes(content)
-    line = _refused(COMPARE, [tmp_path / 'run', '--out', tmp_path / 'report'])
+    line = _refused('compare', [tmp_path / 'run', '--out', tmp_path / 'report'])
     assert 'metrics.json' in line
     assert not (tmp_path / 'report').exists()
 
@@ -285,7 +276,7 @@ def test_an_unwritable_report_folder_is_one_line(tmp_path):
         {'model': 'alfo', 'params': 1, 'gflops': 1.0, 'results': {'m': {'mAP': 0.5,
                                                                      'cmc': [0.5]}}}))
     (tmp_path / 'a_file').write_text('')
-    line = _refused(COMPARE, [tmp_path / 'run', '--out', tmp_path / 'a_file' / 'report'])
+    line = _refused('compare', [tmp_path / 'run', '--out', tmp_path / 'a_file' / 'report'])
     assert 'a_file' in line
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import gdown
 import pytest
+from alfo_run import REPO
 import torch
 from http_server import closed_port_url, serve
 
 from alfo_torchreid.data.datasets import DukeMTMCreIDAttr, Market1501Attr
 
-REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location('download_tool', REPO / 'tools' / 'download.py')
 tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tool)

@@ -1,44 +1,23 @@
 """tools/main.py and tools/compare.py end to end, as a user runs them."""
-import contextlib
-import io
 import json
 import os
-import runpy
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from alfo_run import market_split
+from alfo_run import REPO, load_tool, market_split, run_tool
 
 from alfo_torchreid.utils.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
-MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
-COMPARE = runpy.run_path(str(REPO / 'tools' / 'compare.py'))['main']
+MAIN = load_tool('main').main
+COMPARE = load_tool('compare').main
 TINY = ['train.max_epoch', '1', 'train.batch_size', '16', 'test.batch_size', '64',
         'train.print_freq', '1']
 
 
-def main_py(*args):
-    """Runs tools/main.py in a fresh interpreter; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, str(REPO / 'tools' / 'main.py'), *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
-
-
-def main_here(*args):
-    """Runs tools/main.py's ``main`` in this process (no interpreter start-up):
-    a CompletedProcess-like (returncode, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = MAIN([str(a) for a in args])
-    return subprocess.CompletedProcess(args, status, out.getvalue(), err.getvalue())
-
-
 def train(config, root, save_dir, *extra):
-    proc = main_here('--config-file', REPO / 'configs' / config, '--root', root,
-                   *TINY, 'data.save_dir', save_dir, *extra)
+    proc = run_tool('main', '--config-file', REPO / 'configs' / config, '--root', root,
+                    *TINY, 'data.save_dir', save_dir, *extra)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -80,7 +59,7 @@ def evaluation(runs, toy_root, module_tmp):
     run = module_tmp('evaluated') / 'alfo'
     shutil.copytree(runs['alfo'], run, ignore=shutil.ignore_patterns('latest.pth.tar'))
     before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
-    proc = main_here('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
+    proc = run_tool('main', '--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
                      *TINY, 'data.save_dir', run, 'test.evaluate', 'True',
                      'model.load_weights', run / 'model' / 'model.pth.tar-1',
                      'test.visrank', 'True', 'test.visrank_topk', '3')
@@ -139,8 +118,8 @@ def test_bad_input_ends_with_one_line_and_status_2(toy_root, tmp_path, capsys, a
 
 
 def test_a_process_with_bad_input_exits_2_with_one_line(tmp_path):
-    proc = main_py('--config-file', REPO / 'configs' / 'alfo_toy.yaml', 'alfo.nope', '1',
-                   'data.save_dir', tmp_path)
+    proc = run_tool('main', '--config-file', REPO / 'configs' / 'alfo_toy.yaml', 'alfo.nope', '1',
+                    'data.save_dir', tmp_path, process=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         'error: unknown config key: alfo.nope (in the command line)'], proc.stderr

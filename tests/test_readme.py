@@ -30,15 +30,13 @@ import re
 import runpy
 import shlex
 import shutil
-from pathlib import Path
 
 import pytest
 
 from alfo_torchreid import config
-from alfo_run import market_split
+from alfo_run import REPO, market_split
 from conftest import TOY_SETTINGS, remove_resume_states
 
-REPO = Path(__file__).resolve().parents[1]
 README = REPO / 'README.md'
 
 SHRINK = {'train.max_epoch': '1', 'data.height': '128', 'data.width': '64',
@@ -62,7 +60,7 @@ SKIPPED = [
     (r'^make test$', 'is the command that runs this suite'),
     (r'tools/download\.py(?!.*--layout)', NETWORK),
     (r'model\.pretrained resnet50', NETWORK),
-    (r'^torchrun ', 'needs several GPUs or machines; tests/test_distributed.py runs '
+    (r'^torchrun ', 'needs several GPUs or machines; tests/engine/test_distributed.py runs '
                     'tools/main.py under two gloo processes'),
     (r'tools/reproduce\.py(?!.*--quick)', 'trains six full runs per seed (hours on a GPU); '
                                           'tests/test_reproduce.py runs the same pipeline '

@@ -2,7 +2,6 @@
 import io
 import json
 import os
-import runpy
 import shutil
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from unittest import mock
 
 import pytest
 import torch
-from alfo_run import assert_same_weights, history_without_times, market_split
+from alfo_run import REPO, assert_same_weights, history_without_times, load_tool, market_split
 
 from alfo_torchreid.data.attributes import DUKE_SCHEMA
 from alfo_torchreid.data.toy import write_attribute_mat
@@ -21,8 +20,7 @@ from alfo_torchreid.utils import atomic, checkpoints, compat
 from alfo_torchreid.utils.errors import CheckpointError, TrainingError
 from alfo_torchreid.utils.run_folder import restore_history
 
-REPO = Path(__file__).resolve().parents[1]
-MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
+MAIN = load_tool('main').main
 
 
 # -- atomic checkpoints -----------------------------------------------------

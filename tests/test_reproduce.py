@@ -1,21 +1,19 @@
 """tools/reproduce.py: the runs of the paper's tables, continuing where they
 stopped, and the tables beside the paper's figures."""
-import contextlib
 import csv
 import io
 import json
 import re
-import runpy
 from pathlib import Path
 
 import pytest
+from alfo_run import REPO, load_tool, run_tool
 import torch
 
 from alfo_torchreid import config, reproduce
 from alfo_torchreid.engine.engine import ResumableEngineMixin
 from alfo_torchreid.evaluation import paper, report
 
-REPO = Path(__file__).resolve().parents[1]
 PAPER_TEXT = REPO.parent / 'shared' / 'paper' / 'alfo_paper.txt'
 # two epochs of one step (32 training images) at 32x16 (a 2x1 map, 2 stripes):
 # 2/3 of the time at 64x32
@@ -24,15 +22,7 @@ TINY = ['train.max_epoch', '2', 'train.batch_size', '32', 'test.batch_size', '64
 ORDER = ['local_only', 'global_only', 'no_focal', 'alfo', 'pcb', 'resnet50']
 
 
-TOOL = runpy.run_path(str(REPO / 'tools' / 'reproduce.py'))
-
-
-def invoke(*args):
-    """Runs tools/reproduce.py's main() in this process: (status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = TOOL['main']([str(a) for a in args])
-    return status, out.getvalue(), err.getvalue()
+TOOL = load_tool('reproduce')
 
 
 def snapshot(folder):
@@ -72,13 +62,13 @@ def reproduction(toy_root, module_tmp):
                 if method:
                     patch.setattr(ResumableEngineMixin, method, interrupt_after(
                         getattr(ResumableEngineMixin, method), runs[row]))
-                invocations.append(invoke(*args))
+                invocations.append(run_tool('reproduce', *args))
             files.append({name: sorted(str(p.relative_to(run)) for p in run.rglob('*'))
                           for name, run in runs.items() if run.exists()})
         before = {name: snapshot(run) for name, run in runs.items()}
         tables = {name: (out / name).read_bytes()
                   for name in ('reproduction.md', 'reproduction.csv')}
-        invocations.append(invoke(*args))
+        invocations.append(run_tool('reproduce', *args))
     finally:
         torch.set_num_threads(threads)
     after = {name: snapshot(run) for name, run in runs.items()}
@@ -185,7 +175,7 @@ def test_markdown_has_both_tables_and_the_paper_column(reproduction):
 
 def test_a_changed_config_is_refused_before_any_training(reproduction):
     before = snapshot(reproduction['out'])
-    status, _, stderr = invoke(*reproduction['args'], 'train.max_epoch', '3')
+    status, _, stderr = run_tool('reproduce', *reproduction['args'], 'train.max_epoch', '3')
     assert status == 2 and len(stderr.strip().splitlines()) == 1
     assert stderr.startswith(f'error: run local_only/seed1 of "{reproduction["out"]}" was started '
                              'with another config (train.max_epoch 2 there, 3 now)')
@@ -205,7 +195,7 @@ def test_a_changed_config_is_refused_before_any_training(reproduction):
      'error: dataset folder "/nonexistent-root/market1501" for market1501_attr does not exist'),
 ])
 def test_bad_input_is_one_line_and_status_2(args, message, tmp_path):
-    status, _, stderr = invoke(*args, '--out', tmp_path / 'out')
+    status, _, stderr = run_tool('reproduce', *args, '--out', tmp_path / 'out')
     assert status == 2
     assert len(stderr.strip().splitlines()) == 1 and stderr.startswith(message), stderr
     assert not (tmp_path / 'out').exists()
@@ -273,8 +263,8 @@ def test_eta_is_runs_left_times_the_mean_run():
 
 
 def test_seeds_end_where_the_overrides_begin():
-    assert TOOL['split_seeds'](['1', '2', 'train.lr', '0.1']) == ([1, 2], ['train.lr', '0.1'])
-    assert TOOL['split_seeds'](['3']) == ([3], [])
+    assert TOOL.split_seeds(['1', '2', 'train.lr', '0.1']) == ([1, 2], ['train.lr', '0.1'])
+    assert TOOL.split_seeds(['3']) == ([3], [])
 
 
 def test_docs_show_the_papers_figures():

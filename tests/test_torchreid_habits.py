@@ -6,15 +6,13 @@ DataParallel-wrapped model, the extraction progress, the attribute plot.
 """
 import contextlib
 import io
-import runpy
-from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
 import torch.nn as nn
 import torchreid
-from alfo_run import refused_run
+from alfo_run import REPO, load_tool, refused_run
 from fake_cuda import cuda_reported_available, fake_cuda
 
 from alfo_torchreid import config, run as run_lib
@@ -23,8 +21,7 @@ from alfo_torchreid.evaluation import report
 from alfo_torchreid.models import ALFO
 from alfo_torchreid.utils.checkpoints import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
+MAIN = load_tool('main').main
 TOY = ['data.height', '128', 'data.width', '64', 'data.workers', '0', 'train.batch_size', '8',
        'model.pretrained', '', 'data.transforms', '[]', 'use_gpu', 'False']
 TRIPLET = ['loss.name', 'triplet', 'sampler.train_sampler', 'RandomIdentitySampler',

@@ -9,17 +9,15 @@ an environment variable says. Nothing of this is in the package.
 """
 import json
 import os
-import runpy
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
 import torch.distributed as dist
-from alfo_run import assert_same_weights, history_without_times
+from alfo_run import REPO, assert_same_weights, history_without_times, load_tool
 from conftest import remove_resume_states
 
 from alfo_torchreid.losses import ALFOLoss, vote
@@ -27,8 +25,7 @@ from alfo_torchreid.models.alfo import ALFOOutputs
 from alfo_torchreid.utils import checkpoints, distributed
 from alfo_torchreid.utils.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
-MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
+MAIN = load_tool('main').main
 TOY_CONFIG = REPO / 'configs' / 'alfo_toy.yaml'
 # 2 epochs of 2 steps (32 toy images, global batch 16: 8 per process), no random
 # augmentation; lr 1e-4 keeps the runs of 1 and 2 processes close (see LOSS_TOLERANCE)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from alfo_run import load_tool
+from alfo_run import run_tool
 
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
 from alfo_torchreid.serving import export
@@ -31,7 +31,7 @@ def reference(alfo_model):
 @pytest.mark.filterwarnings('ignore:You are using the legacy TorchScript-based ONNX export')
 def test_onnx_export_matches_pytorch_with_any_batch(alfo_weights, reference, tmp_path, capsys):
     out = tmp_path / 'alfo.onnx'
-    assert load_tool('export').main(['--weights', str(alfo_weights), '--format', 'onnx', '--out', str(out)]) == 0
+    assert run_tool('export', '--weights', alfo_weights, '--format', 'onnx', '--out', out).returncode == 0
     assert f'Exported "{out}"' in capsys.readouterr().out
     session = onnxruntime.InferenceSession(str(out), providers=['CPUExecutionProvider'])
     assert session.get_inputs()[0].shape[0] == 'batch'

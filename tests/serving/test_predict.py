@@ -3,24 +3,16 @@ named attributes for a folder of images."""
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from alfo_run import REPO, market_split, toy_images
+from alfo_run import market_split, run_tool, toy_images
 
 from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA
 from alfo_torchreid.serving import inference
 from alfo_torchreid.utils.checkpoints import load_checkpoint, state_dict_of
 from alfo_torchreid.utils.errors import CheckpointError, ConfigError, DatasetError
-
-
-def tool(name, *args):
-    """Runs tools/<name>.py in a fresh interpreter; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, str(REPO / 'tools' / f'{name}.py'), *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +23,7 @@ def predicted(alfo_weights, toy_root, module_tmp):
     shutil.copytree(market_split(toy_root, 'query'), folder / 'q')
     (folder / 'q' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not the rest of a JPEG')
     out = folder / 'out'
-    proc = tool('predict', '--weights', alfo_weights, folder / 'q', '--out', out)
+    proc = run_tool('predict', '--weights', alfo_weights, folder / 'q', '--out', out, process=True)
     return proc, folder / 'q', out
 
 

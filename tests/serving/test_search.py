@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from alfo_run import load_tool, market_split
+from alfo_run import market_split, run_tool
 from PIL import Image
 
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
@@ -23,13 +23,6 @@ try:
     needs_faiss = pytest.mark.skipif(False, reason='')
 except ImportError:
     needs_faiss = pytest.mark.skip(reason='the faiss extra (faiss-cpu) is not installed')
-
-
-def run_search(capsys, *args):
-    """tools/search.py's main in this process: (exit status, stdout, stderr)."""
-    status = load_tool('search').main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture(scope='module')
@@ -55,7 +48,7 @@ def test_query_round_trip_filters_ranks_and_frames(index, trained_alfo, toy_root
                                                    capsys):
     query = query_image(toy_root)
     png = tmp_path / 'grid.png'
-    status, out, err = run_search(capsys, 'query', index.folder, query, '--top', '30',
+    status, out, err = run_tool('search', 'query', index.folder, query, '--top', '30',
                                   '--where', 'gender=female', '--out', png)
     assert status == 0, err
     result = json.loads(png.with_suffix('.json').read_text())
@@ -100,7 +93,7 @@ def test_colour_group_filter_uses_the_argmax_colour(index):
 
 
 def test_a_wrong_attribute_is_a_one_line_error(index, toy_root, capsys):
-    status, _, err = run_search(capsys, 'query', index.folder, query_image(toy_root),
+    status, _, err = run_tool('search', 'query', index.folder, query_image(toy_root),
                                 '--where', 'colour=red')
     assert status == 2
     last = err.strip().splitlines()[-1]
@@ -129,7 +122,7 @@ def test_other_weights_are_refused(index, alfo_weights, toy_root, tmp_path, caps
     for args in (['query', index.folder, query_image(toy_root), '--weights', other],
                  ['index', '--weights', other, market_split(toy_root, 'bounding_box_test'),
                   '--out', index.folder]):
-        status, _, err = run_search(capsys, *args)
+        status, _, err = run_tool('search', *args)
         assert status == 2
         assert err.strip().splitlines()[-1].startswith(
             f'error: gallery index "{index.folder}" was built with other weights or settings '

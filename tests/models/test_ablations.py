@@ -1,7 +1,7 @@
 """The paper's Table 1 rows, each one config file, build and train a step."""
-from pathlib import Path
 
 import pytest
+from alfo_run import REPO
 import torch
 import torchreid
 
@@ -9,7 +9,6 @@ from alfo_torchreid import config, run as run_lib
 from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA
 from alfo_torchreid.models import ALFO
 
-REPO = Path(__file__).resolve().parents[1]
 TOY = ['data.height', '128', 'data.width', '64', 'data.workers', '0', 'train.batch_size', '8',
        'model.pretrained', '', 'data.transforms', '[]']
 
