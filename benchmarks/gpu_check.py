@@ -63,25 +63,30 @@ REPO = Path(__file__).resolve().parents[1]
 MARKET_TRAIN = (751, 12936)  # Market-1501's training identities and images
 MARKET_TEST = bench_eval.MARKET  # (3368 queries, 15913 gallery images)
 
+# (name, train.amp, channels-last) of the throughput table
+PRECISIONS = [('fp32', 'off', False), ('bf16', 'bf16', False), ('bf16+CL', 'bf16', True)]
+MODELS = ['resnet50', 'pcb_p6', 'alfo']
+
 # What each section runs at, on the GPU and in the dry run (CPU, seconds in all).
 FULL = SimpleNamespace(
-    mode='full', budget_s=290, batch=64, sizes=[(256, 128), (224, 224)], warmup=3, rounds=3, steps=5,
+    mode='full', budget_s=290, batch=64, sizes=[(256, 128), (224, 224)], precisions=PRECISIONS,
+    warmup=3, rounds=3, steps=5,
     eval_counts=MARKET_TEST, eval_batch=100, train_tree=MARKET_TRAIN, workers=[4, 8, 16],
     loader_batches=50, toy=dict(), toy_epochs=2, toy_opts=[],
     limits={'environment': 30, 'cuda tests': 150, 'throughput': 90, 'evaluation': 45,
             'loader': 60, 'toy training': 60})
 # The dry run's limits only catch a hang: a shared CPU may be many times slower.
 DRY = SimpleNamespace(
-    mode='dry run (CPU, tiny sizes)', budget_s=3600, batch=2, sizes=[(96, 32)], warmup=1,
-    rounds=1, steps=1, eval_counts=(10, 40), eval_batch=25, train_tree=(8, 64), workers=[1, 2],
+    mode='dry run (CPU, tiny sizes)', budget_s=3600, batch=2, sizes=[(96, 32)],
+    precisions=[PRECISIONS[0], PRECISIONS[2]], warmup=1, rounds=1, steps=1, eval_counts=(8, 24),
+    eval_batch=25, train_tree=(8, 64), workers=[1, 2],
     loader_batches=3,
     toy=dict(num_train_ids=8, num_test_ids=8, images_per_id=4, queries_per_id=2,
              cams_per_id=3, num_distractor_images=4, num_junk_images=3),
-    toy_epochs=1, toy_opts=['train.batch_size', '16', 'test.batch_size', '64'],
+    toy_epochs=1, toy_opts=['train.batch_size', '16', 'test.batch_size', '64',
+                            'data.height', '96', 'data.width', '32'],
     limits={'environment': 60, 'throughput': 600, 'evaluation': 600, 'loader': 600,
             'toy training': 600, 'cuda tests': 600})
-PRECISIONS = [('fp32', 'off', False), ('bf16', 'bf16', False), ('bf16+CL', 'bf16', True)]
-MODELS = ['resnet50', 'pcb_p6', 'alfo']
 
 
 class SectionTimeout(Exception):
@@ -242,7 +247,7 @@ def measure_group(size, precision, settings, device):
         for _ in range(settings.warmup):
             step_rate(engines[name], batch, amp, SimpleNamespace(steps=1), device)
         peaks[name] = (torch.cuda.max_memory_allocated() - before) / 2**20 \
-            if device.type == 'cuda' else float('nan')
+            if device.type == 'cuda' else None  # not measured on the CPU
     rates = {name: [] for name in MODELS}
     for _ in range(settings.rounds):
         for name, engine in engines.items():
@@ -253,7 +258,7 @@ def measure_group(size, precision, settings, device):
 def throughput(settings, device, out):
     measured = {}
     for size in settings.sizes:
-        for precision in PRECISIONS:
+        for precision in settings.precisions:
             say(f'throughput {size[0]}x{size[1]} {precision[0]}')
             measured[size, precision[0]] = measure_group(size, precision, settings, device)
             if device.type == 'cuda':
@@ -262,16 +267,28 @@ def throughput(settings, device, out):
     return throughput_tables(measured, settings)
 
 
+def rate_text(rate):
+    """Images/s to show: whole numbers, or 3 significant digits below 100."""
+    return f'{rate:,.0f}' if rate >= 100 else f'{rate:.3g}'
+
+
+def memory_ratio(alfo, pcb):
+    """[ratio, met] of ALFO's peak memory to pcb_p6's (None: not measured)."""
+    if alfo is None or pcb is None:
+        return ['-', '-']
+    return [f'{alfo / pcb:.3f}', 'yes' if alfo / pcb <= 1.01 else 'NO']
+
+
 def throughput_tables(measured, settings):
     rows, ratios = [], []
     for (size, name), cases in measured.items():
         size_text = f'{size[0]}x{size[1]}'
         for model, (rate, peak) in cases.items():
-            rows.append([size_text, name, model, f'{rate:.0f}', f'{peak:.0f}'])
+            rows.append([size_text, name, model, rate_text(rate),
+                         '-' if peak is None else f'{peak:.0f}'])
         step = cases['pcb_p6'][0] / cases['alfo'][0]  # time ratio = inverse rate ratio
-        memory = cases['alfo'][1] / cases['pcb_p6'][1]
         ratios.append([size_text, name, f'{step:.3f}', 'yes' if step <= 1.02 else 'NO',
-                       f'{memory:.3f}', 'yes' if memory <= 1.01 else 'NO'])
+                       *memory_ratio(cases['alfo'][1], cases['pcb_p6'][1])])
     speedups = []
     for size in settings.sizes:
         gain = measured[size, 'bf16+CL']['alfo'][0] / measured[size, 'fp32']['alfo'][0]
@@ -319,7 +336,7 @@ def evaluation(settings, device, out):
             extracted[name] = engine.extract(loader, name)
             seconds = time.perf_counter() - start
             rows.append([f'extraction, {name} ({len(loader.dataset):,} images)',
-                         f'{seconds:.2f}', f'{len(loader.dataset) / seconds:.0f} images/s'])
+                         f'{seconds:.2f}', f'{rate_text(len(loader.dataset) / seconds)} images/s'])
     rows += ranking_rows(extracted['query'].features, extracted['gallery'].features, device)
     return (f'ALFO ({settings.sizes[0][0]}x{settings.sizes[0][1]}, fp32, eval batch {settings.eval_batch}, global feature + '
             'attribute probabilities, as Engine.test); synthetic images, Market-like identities '
@@ -410,12 +427,13 @@ def loader(settings, device, out):
     size = settings.sizes[0]
     gpu = {name: steps[size, name]['alfo'][0] for name in ('fp32', 'bf16+CL')
            if (size, name) in steps}
-    rows = [[w, f'{r:.0f}'] + [f'{r / g:.2f}' for g in gpu.values()] for w, r in rates.items()]
+    rows = [[w, rate_text(r)] + [f'{r / g:.2f}' for g in gpu.values()] for w, r in rates.items()]
     return (f'{settings.train_tree[1]:,} JPEGs of 128x64 ({settings.train_tree[0]} ids), '
             f'configs/resnet50_market.yaml\'s loader (random flip, resize to 256x128, '
             f'normalise), batch {settings.batch}, {settings.loader_batches} batches after the '
             f'first; GPU step of ALFO at {size[0]}x{size[1]} (throughput section): '
-            + (', '.join(f'{n} {g:.0f} images/s' for n, g in gpu.items()) or 'not measured')
+            + (', '.join(f'{n} {rate_text(g)} images/s' for n, g in gpu.items())
+               or 'not measured')
             + '\n\n' + table(['workers', 'images/s'] + [f'loader / ALFO {n} step'
                                                         for n in gpu], rows))
 
