@@ -338,9 +338,11 @@ def evaluation(settings, device, out):
             rows.append([f'extraction, {name} ({len(loader.dataset):,} images)',
                          f'{seconds:.2f}', f'{rate_text(len(loader.dataset) / seconds)} images/s'])
     rows += ranking_rows(extracted['query'].features, extracted['gallery'].features, device)
-    return (f'ALFO ({settings.sizes[0][0]}x{settings.sizes[0][1]}, fp32, eval batch {settings.eval_batch}, global feature + '
-            'attribute probabilities, as Engine.test); synthetic images, Market-like identities '
-            f'for the ranking (benchmarks/bench_eval.py)\n\n'
+    height, width = settings.sizes[0]
+    return (f'ALFO ({height}x{width}, fp32, eval batch {settings.eval_batch}, global feature '
+            '+ attribute probabilities, as Engine.test; synthetic images from memory, so no '
+            'decoding, but the batches are collated and copied as from a loader); Market-like '
+            'identities for the ranking (benchmarks/bench_eval.py)\n\n'
             + table(['step', 'seconds', 'rate'], rows))
 
 
