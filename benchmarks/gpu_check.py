@@ -73,8 +73,8 @@ FULL = SimpleNamespace(
     warmup=3, rounds=3, steps=5,
     eval_counts=MARKET_TEST, eval_batch=100, train_tree=MARKET_TRAIN, workers=[4, 8, 16],
     loader_batches=50, toy=dict(), toy_epochs=2, toy_opts=[],
-    limits={'environment': 30, 'cuda tests': 150, 'throughput': 90, 'evaluation': 45,
-            'loader': 60, 'toy training': 60})
+    limits={'environment': 30, 'cuda tests': 170, 'throughput': 75, 'evaluation': 40,
+            'loader': 45, 'toy training': 50})
 # The dry run's limits only catch a hang: a shared CPU may be many times slower.
 DRY = SimpleNamespace(
     mode='dry run (CPU, tiny sizes)', budget_s=3600, batch=2, sizes=[(96, 32)],
@@ -110,14 +110,15 @@ def time_limit(seconds):
 
 
 class Report:
-    """``gpu_check.md``: one part per section, rewritten after each."""
+    """``gpu_check.md``: one part per section, the file rewritten at each change."""
 
     def __init__(self, path, header):
-        self.path, self.header, self.parts = Path(path), header, []
+        self.path, self.header, self.parts = Path(path), header, {}
 
     def add(self, title, status, seconds, body):
-        self.parts.append(f'## {title}: {status} ({seconds:.0f} s)\n\n{body.strip()}\n')
-        self.path.write_text('\n'.join([self.header, *self.parts]))
+        """Writes (or replaces) the part of section ``title``."""
+        self.parts[title] = f'## {title}: {status} ({seconds:.0f} s)\n\n{body.strip()}\n'
+        self.path.write_text('\n'.join([self.header, *self.parts.values()]))
 
 
 class Tee:
@@ -261,6 +262,7 @@ def throughput(settings, device, out):
         for precision in settings.precisions:
             say(f'throughput {size[0]}x{size[1]} {precision[0]}')
             measured[size, precision[0]] = measure_group(size, precision, settings, device)
+            settings.partial = throughput_tables(measured, settings)
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
     settings.measured_steps = measured  # the loader section compares against it
@@ -291,6 +293,8 @@ def throughput_tables(measured, settings):
                        *memory_ratio(cases['alfo'][1], cases['pcb_p6'][1])])
     speedups = []
     for size in settings.sizes:
+        if (size, 'fp32') not in measured or (size, 'bf16+CL') not in measured:
+            continue
         gain = measured[size, 'bf16+CL']['alfo'][0] / measured[size, 'fp32']['alfo'][0]
         speedups.append([f'{size[0]}x{size[1]}', f'{gain:.2f}', 'yes' if gain >= 2 else 'NO'])
     return '\n\n'.join([
@@ -425,6 +429,8 @@ def loader(settings, device, out):
         for workers in settings.workers:
             rates[workers] = loader_rate(root, workers, settings, device)
             say(f'loader, {workers} workers: {rates[workers]:.0f} images/s')
+            settings.partial = table(['workers', 'images/s'],
+                                     [[w, rate_text(r)] for w, r in rates.items()])
     steps = getattr(settings, 'measured_steps', {})
     size = settings.sizes[0]
     gpu = {name: steps[size, name]['alfo'][0] for name in ('fp32', 'bf16+CL')
@@ -526,13 +532,16 @@ def run_sections(names, settings, device, out, budget_s):
             failed += 1
             continue
         say(f'section "{name}" (limit {min(settings.limits[name], left):.0f} s)')
-        start = time.perf_counter()
+        start, settings.partial = time.perf_counter(), ''
+        report.add(name, 'RUNNING', 0, 'started; if this stays, the check was stopped here')
         try:
             with time_limit(min(settings.limits[name], left)):
                 body, status = SECTIONS[name](settings, device, out), 'ok'
         except Exception as exc:  # recorded; the next section runs
             traceback.print_exc()
             body, status = f'```\n{type(exc).__name__}: {exc}\n```'[:6000], 'FAILED'
+            if settings.partial:
+                body = f'measured before the failure:\n\n{settings.partial}\n\n{body}'
             failed += 1
         report.add(name, status, time.perf_counter() - start, body)
         say(f'section "{name}": {status}')

@@ -34,16 +34,20 @@ def test_the_dry_run_passes_every_section_and_writes_the_report(tmp_path):
 
 def test_a_failing_section_is_recorded_and_the_next_one_runs(gpu_check, tmp_path, monkeypatch):
     def broken(settings, device, out):
+        settings.partial = 'half a table'
         raise ValueError('a fault of this section')
 
     monkeypatch.setitem(gpu_check.SECTIONS, 'throughput', broken)
-    monkeypatch.setitem(gpu_check.SECTIONS, 'evaluation', lambda *args: 'measured')
-    failed = gpu_check.run_sections(['throughput', 'evaluation'], gpu_check.DRY, None,
-                                    tmp_path, budget_s=100)
+    monkeypatch.setitem(gpu_check.SECTIONS, 'evaluation', lambda *args: 'a whole table')
+    failed = gpu_check.run_sections(['throughput', 'evaluation'],
+                                    gpu_check.copy.deepcopy(gpu_check.DRY), None, tmp_path,
+                                    budget_s=100)
     report = (tmp_path / 'gpu_check.md').read_text()
     assert failed == 1
     assert '## throughput: FAILED' in report and 'ValueError: a fault of this section' in report
-    assert '## evaluation: ok' in report and 'measured' in report
+    assert 'measured before the failure:\n\nhalf a table' in report
+    assert '## evaluation: ok' in report and 'a whole table' in report
+    assert 'RUNNING' not in report
 
 
 def test_a_section_past_its_limit_is_stopped(gpu_check, tmp_path, monkeypatch):
