@@ -257,6 +257,7 @@ def measure_group(size, precision, settings, device):
 
 
 def throughput(settings, device, out):
+    torch.backends.cudnn.benchmark = True  # as tools/main.py on a GPU (run.seed_everything)
     measured = {}
     for size in settings.sizes:
         for precision in settings.precisions:
