@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean gpu-check
 
 install: $(STAMP)
 
@@ -23,6 +23,12 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+# The GPU check (benchmarks/README.md) with this machine's python3 and torch, no
+# virtual environment: a lent GPU machine has its own Python and no network.
+GPU_CHECK_OUT ?= log/gpu_check
+gpu-check:
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) log build *.egg-info

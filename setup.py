@@ -9,8 +9,10 @@ setup(
     packages=find_packages(include=['alfo_torchreid', 'alfo_torchreid.*']),
     python_requires='>=3.9',
     install_requires=[
-        'torch>=2.0',
-        'torchvision>=0.15',
+        # the supported range: 2.14.1 is CI's pin (constraints.txt), 2.11 the lent GPU
+        # machine's, where benchmarks/gpu_check.py runs (benchmarks/README.md)
+        'torch>=2.11',
+        'torchvision>=0.26',
         'torchreid>=0.2.5',
         # torchreid imports cv2 at import time but does not declare it.
         'opencv-python-headless',

@@ -464,8 +464,18 @@ def check_config(cfg):
     if rerank and not (is_alfo(cfg) and a.local_branch):
         raise ConfigError(f'test.attr_rerank_weight {rerank} needs predicted attributes: '
                           'model.name alfo or alfo_duke with alfo.local_branch True')
+    check_device(cfg)
     check_precision(cfg)
     check_processes(cfg, distributed.environment_world_size())
+
+
+def check_device(cfg):
+    """Refuses ``use_gpu True`` where torch sees no CUDA device (left out, it
+    is ``torch.cuda.is_available()``: a run on a CPU-only machine takes the CPU path)."""
+    if cfg.use_gpu and not torch.cuda.is_available():
+        raise ConfigError('use_gpu True needs a CUDA device and torch sees none '
+                          '(torch.cuda.is_available() is False): set use_gpu False, or leave '
+                          'it out (it defaults to whether a GPU is visible)')
 
 
 def check_precision(cfg):

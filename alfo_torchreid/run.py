@@ -139,7 +139,7 @@ class Tee:
 
 def _run(cfg, log):
     print(f'Config:\n{cfg}\n')
-    seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
+    seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic, cfg.use_gpu)
     datamanager = build_datamanager(cfg)
     model = build_model(cfg, datamanager)
     trained_epoch = load_trained_weights(cfg, model, datamanager.num_train_pids)
@@ -182,11 +182,16 @@ def _run(cfg, log):
     return engine
 
 
-def seed_everything(seed, deterministic=False):
+def seed_everything(seed, deterministic=False, use_gpu=False):
+    """Seeds every generator; ``deterministic`` asks torch for deterministic
+    kernels, else a GPU run lets cuDNN pick the fastest convolution algorithms
+    (``cudnn.benchmark``, as torchreid's ``scripts/main.py`` does)."""
     torchreid.utils.set_random_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    elif use_gpu:
+        torch.backends.cudnn.benchmark = True
 
 
 def build_datamanager(cfg):

@@ -104,10 +104,10 @@ def toy_config(toy_root, save_dir, *opts):
                                             str(save_dir), 'use_gpu', 'False', *opts])
 
 
-def toy_engine(cfg, weights=None, **kwargs):
+def toy_engine(cfg, weights=None, use_gpu=False, **kwargs):
     """ImageFocalVoteEngine over the config's data, with the ALFO of the
     checkpoint ``weights`` or else an untrained one whose attribute logits are
-    centred on the toy gallery."""
+    centred on the toy gallery; on the GPU with ``use_gpu``."""
     with contextlib.redirect_stdout(io.StringIO()):
         datamanager = torchreid.data.ImageDataManager(**config.imagedata_kwargs(cfg))
     if weights:
@@ -117,8 +117,10 @@ def toy_engine(cfg, weights=None, **kwargs):
         model = ALFO(datamanager.num_train_pids, schema=datamanager.train_loader.dataset.schema,
                      **config.alfo_model_kwargs(cfg)).eval()
         centre_attribute_logits(model, cfg)
+    if use_gpu:
+        model = model.cuda()
     optimizer = torch.optim.Adam(model.parameters())
-    return ImageFocalVoteEngine(datamanager, model, optimizer, use_gpu=False, **kwargs)
+    return ImageFocalVoteEngine(datamanager, model, optimizer, use_gpu=use_gpu, **kwargs)
 
 
 def write_run(folder, toy_root):

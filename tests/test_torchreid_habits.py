@@ -222,3 +222,14 @@ def test_the_attribute_plot_shows_balanced_accuracy(tmp_path):
 def test_every_tool_is_an_executable_python_script(tool):
     assert tool.read_text().startswith('#!/usr/bin/env python\n'), tool
     assert tool.stat().st_mode & 0o111, f'{tool} lacks the executable bit'
+
+
+@pytest.mark.parametrize('use_gpu, deterministic, benchmark', [
+    (True, False, True), (True, True, False), (False, False, False)])
+def test_cudnn_picks_its_fastest_algorithms_on_a_gpu_unless_deterministic(
+        use_gpu, deterministic, benchmark, monkeypatch):
+    # torchreid's scripts/main.py sets cudnn.benchmark on a GPU
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    with mock.patch.object(torch, 'use_deterministic_algorithms'):
+        run_lib.seed_everything(0, deterministic, use_gpu)
+    assert torch.backends.cudnn.benchmark == benchmark

@@ -75,7 +75,7 @@ def recorded_forward_backward(self, data):
     summary = forward_backward(self, data)
     digest = hashlib.sha256()
     for tensor in [*self.network.parameters(), self.network.vote_counts]:
-        digest.update(tensor.detach().contiguous().numpy())
+        digest.update(tensor.detach().cpu().contiguous().numpy())
     record['steps'].append({'epoch': self.epoch, 'batch': self.batch_idx,
                             'images': list(data['impath']), 'summary': summary,
                             'digest': digest.hexdigest()})

@@ -148,6 +148,13 @@ def test_a_precision_the_run_cannot_use_is_one_line(opts, message, toy_root, tmp
     assert refused_run(capsys, toy_root, tmp_path, 'use_gpu', 'False', *opts) == message
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='a check for machines without CUDA')
+def test_use_gpu_without_a_gpu_is_one_line(toy_root, tmp_path, capsys):
+    assert refused_run(capsys, toy_root, tmp_path, 'use_gpu', 'True') == (
+        'error: use_gpu True needs a CUDA device and torch sees none (torch.cuda.is_available() '
+        'is False): set use_gpu False, or leave it out (it defaults to whether a GPU is visible)')
+
+
 def test_yaml_and_command_line_booleans_name_the_settings(tmp_path):
     path = tmp_path / 'c.yaml'
     path.write_text('train:\n  amp: off\n  channels_last: on\n')  # YAML reads booleans
