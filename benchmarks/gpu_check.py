@@ -5,7 +5,7 @@ its traceback in the log, and the next section runs), each under a time limit,
 all under a budget (sections that would start after it are SKIPPED):
 
 1. environment: GPU, driver, torch, CUDA, date;
-2. the CUDA tests (``pytest -m cuda tests/test_cuda.py``), their junit summary;
+2. the CUDA tests (``pytest -m cuda tests/engine/test_cuda.py``), their junit summary;
 3. throughput: training images/s and peak GPU memory of one engine step of
    torchreid's ``resnet50``, ``pcb_p6`` and ALFO at 256x128 and 224x224, batch 64,
    fp32 / bf16 / bf16 + channels-last (the models of one input and precision
@@ -490,7 +490,7 @@ def cuda_tests(settings, device, out):
     junit = Path(out) / 'cuda_tests.xml'
     status, tail = run_logged([sys.executable, '-m', 'pytest', '-m', 'cuda', '-rs', '-q',
                                '-p', 'no:cacheprovider', f'--junitxml={junit}',
-                               'tests/test_cuda.py'], None)
+                               'tests/engine/test_cuda.py'], None)
     if status is None:
         raise SectionTimeout(f'pytest killed at its time limit; output:\n{tail}')
     body = junit_summary(junit)
