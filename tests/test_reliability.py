@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import runpy
 import shutil
 import signal
@@ -479,19 +480,28 @@ def test_an_error_in_a_dataloader_worker_is_one_line(toy_root, tmp_path, capsys)
     assert 'Traceback' not in out + '\n'.join(err)
 
 
-def test_sigint_during_training_exits_130_and_keeps_the_checkpoint(toy_root, tmp_path):
+@pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                            (signal.SIGKILL, -signal.SIGKILL)])
+def test_a_signal_during_training_keeps_the_checkpoint_and_the_log(toy_root, tmp_path, signum,
+                                                                   status):
     run = tmp_path / 'run'
-    proc = _start(toy_root, run)
+    proc = _start(toy_root, run, 'train.print_freq', '1')
     history, latest = run / 'history.jsonl', run / 'model' / 'latest.pth.tar'
     deadline = time.time() + 300
     while not (history.exists() and latest.exists()) and proc.poll() is None \
             and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, output[-2000:]
-    assert 'interrupted: what was saved is kept' in output and 'Traceback' not in output
+    assert proc.returncode == status, output[-2000:]
+    if signum != signal.SIGKILL:
+        assert 'interrupted: what was saved is kept' in output and 'Traceback' not in output
     assert checkpoints.load_checkpoint(latest)['epoch'] >= 1
+    # every line printed before the epoch's history line is in the log, whole
+    log = (run / 'train.log').read_text()
+    steps = re.findall(r'^epoch: \[1/2\]\[(\d+)/(\d+)\]', log, re.MULTILINE)
+    assert steps and steps[-1][0] == steps[-1][1], log[-2000:]
+    assert log.endswith('\n')
 
 
 def test_snapshots_hold_the_weights_alone_and_latest_the_whole_state(finished_run):
