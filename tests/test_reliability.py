@@ -376,9 +376,19 @@ def test_restoring_the_history_keeps_whole_lines_up_to_the_checkpoint(tmp_path):
     assert (tmp_path / 'history.jsonl').read_text() == lines[0]
 
 
+def _stale_partial_file(folder, name='.latest.pth.tar.0123456789ab.part'):
+    """A temporary file of a save killed a minute ago (atomic.PartialFile's name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(b'half a file')
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    return path
+
+
 def test_a_new_run_in_a_folder_holding_a_run_is_refused(finished_run, toy_root, tmp_path,
                                                        capsys):
     run = _copy_run(finished_run, tmp_path)
+    _stale_partial_file(run / 'model')  # a refused run removes nothing, not even these
     before = _snapshot(run)
     status, _, err = _main(capsys, toy_root, run)
     assert status == 2 and len(err) == 1
@@ -392,9 +402,7 @@ def test_resume_takes_the_configs_learning_rate_drops_a_torn_line_and_cleans_par
     assert (run / '.lock').read_text().isdigit()  # left by a process that has ended: no block
     with open(run / 'history.jsonl', 'a') as f:
         f.write('{"epoch": 2, "lr": 0.0')  # a write cut short by a crash
-    stale = run / 'model' / '.latest.pth.tar.0123456789ab.part'
-    stale.write_bytes(b'half a checkpoint')
-    os.utime(stale, (time.time() - 60, time.time() - 60))
+    stale = _stale_partial_file(run / 'model')
     with pytest.warns(UserWarning, match='dropped its last line'):
         status, out, err = _main(capsys, toy_root, run, 'train.resume', 'True',
                                  'train.max_epoch', '2', 'train.lr', '0.0001')
@@ -423,6 +431,44 @@ def test_resuming_with_another_optimizer_setup_is_one_line(finished_run, toy_roo
     assert status == 2 and len(err) == 1 and expected in err[0], err
     assert 'model.load_weights' in err[0]
     assert _snapshot(run) == before
+
+
+def test_only_the_partial_files_of_this_package_are_removed_and_never_through_a_link(
+        tmp_path):
+    from alfo_torchreid.utils.run_folder import RunFolder
+    run, outside = tmp_path / 'run', tmp_path / 'outside'
+    stale = _stale_partial_file(run / 'model')
+    kept = [_stale_partial_file(run, '.notes.part'),  # the user's, not PartialFile's name
+            _stale_partial_file(run, '.a.0123456789AB.part'),
+            _stale_partial_file(outside),  # reached through a link to its folder
+            _stale_partial_file(run / 'eval-x')]  # a folder locked on its own
+    (run / 'eval-x' / '.lock').write_text('')
+    (run / 'linked').symlink_to(outside, target_is_directory=True)
+    (run / '.b.0123456789ab.part').symlink_to(kept[0])  # a link of that name: not a file
+    with RunFolder(run) as folder:
+        assert stale.exists()  # not on taking the lock: the run's checks come first
+        fresh = _stale_partial_file(run, '.c.0123456789ab.part')
+        os.utime(fresh, (time.time() + 60, time.time() + 60))  # written after the lock
+        assert folder.remove_stale_partial_files() == [str(stale)]
+    assert all(p.exists() for p in kept) and fresh.exists()
+    assert (run / '.b.0123456789ab.part').is_symlink()
+
+
+def test_a_second_evaluation_into_a_finished_evaluation_folder_is_refused(
+        finished_run, toy_root, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    evaluated = run / 'eval-model.pth.tar-1'
+    evaluated.mkdir()
+    (evaluated / 'metrics.json').write_text('{"results": "of the first evaluation"}')
+    (evaluated / 'config.yaml').write_text('test:\n  rerank: true\n')
+    before = _snapshot(run)
+    status, _, err = _main(capsys, toy_root, run, 'test.evaluate', 'True',
+                           'model.load_weights', run / 'model' / 'model.pth.tar-1')
+    assert status == 2 and len(err) == 1, err
+    assert f'evaluation folder "{evaluated}" already holds an evaluation' in err[0]
+    after = _snapshot(run)
+    after.pop(Path('eval-model.pth.tar-1/.lock'), None)  # no content of a run
+    assert after == before
 
 
 def test_resuming_from_a_bare_state_dict_is_one_line(finished_run, toy_root, tmp_path, capsys):
