@@ -16,12 +16,16 @@ names them::
     ivfpq-<gen>.faiss       the trained FAISS IVF-PQ index (backend faiss-ivfpq)
 
 An update writes a new generation's files, then replaces ``index.json``
-atomically, then removes the old generation: an interrupted update leaves the
-previous index whole. It re-extracts only the images that are new or whose
+atomically, then removes the files of the old generation that ``index.json``
+listed (and no other file: a user's ``features-deadbeef.npy`` stays): an
+interrupted update leaves the previous index whole. An update holds the
+folder's lock (``.lock``, as a run folder's, :class:`RunFolder`): a second
+update of the same folder at the same time is refused, naming the first's pid. It re-extracts only the images that are new or whose
 size or modification time changed, and drops the rows of images gone from the
 gallery (an IVF-PQ index is trained again on the updated features). A model
 whose identity differs from the index's is refused.
 """
+import contextlib
 import csv
 import io
 import json
@@ -35,11 +39,13 @@ from typing import List, Tuple
 import numpy as np
 
 from alfo_torchreid.data.attributes import AttributeSchema
-from alfo_torchreid.serving.inference import Predictions, find_images, predict
+from alfo_torchreid.serving.inference import Predictions, find_images, model_files, predict
 from alfo_torchreid.serving.search import (build_ivfpq, default_backend, import_faiss,
                                            search_settings)
 from alfo_torchreid.utils.atomic import replacing, write_file
 from alfo_torchreid.utils.errors import SearchError
+from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
+from alfo_torchreid.utils.run_folder import RunFolder
 
 FORMAT = 1
 META_FILE = 'index.json'
@@ -68,6 +74,10 @@ class GalleryIndex:
 
     def file(self, key):
         return osp.join(self.folder, self.meta['files'][key])
+
+    def files(self):
+        """The paths of ``index.json`` and of every file it lists."""
+        return [osp.join(self.folder, META_FILE)] + [self.file(key) for key in self.meta['files']]
 
 
 @dataclass
@@ -160,12 +170,25 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
     Returns:
         (GalleryIndex, UpdateReport). Unreadable images are left out (named in
         ``report.predictions.skipped``) and tried again by the next update.
+
+    Raises:
+        SearchError, RunFolderInUse (another update holds the folder),
+        OutputError (``index.json`` would be an input: an image, the weights).
     """
     folder = osp.abspath(osp.expanduser(str(folder)))
+    paths = find_images(inputs)
+    refuse_writing_over_inputs([osp.join(folder, META_FILE)],
+                               {**model_files(trained.weights, trained.config_file),
+                                **dict.fromkeys(paths, 'a gallery image')})
+    with RunFolder(folder, 'gallery index folder', '--out', 'index update'):
+        return _update(folder, trained, paths, backend, batch_size, workers, progress)
+
+
+def _update(folder, trained, paths, backend, batch_size, workers, progress):
+    """:func:`build_index` of the image files ``paths``, holding the folder's lock."""
     old = load_index(folder) if has_index(folder) else None
     if old is not None:
         check_identity(old, trained)
-    paths = find_images(inputs)
     backend = backend or (old.backend if old is not None else default_backend(len(paths)))
     search_settings(backend, len(paths))  # refuse a backend before extracting anything
     stamps = {path: file_stamp(path) for path in paths}
@@ -187,7 +210,8 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
             'backend': {'kind': backend, **search_settings(backend, len(new_paths))}}
     write_generation(folder, meta, new_paths, [stamps[p] for p in new_paths],
                      features.astype(np.float32, copy=False),
-                     attributes.astype(np.float32, copy=False))
+                     attributes.astype(np.float32, copy=False),
+                     old_files=() if old is None else old.meta['files'].values())
     changed = sum(1 for p in predictions.paths if p in old_rows)
     report = UpdateReport(kept=len(kept), added=len(predictions.paths) - changed,
                           changed=changed, removed=len(old_rows) - len(kept) - changed,
@@ -195,9 +219,11 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
     return load_index(folder), report
 
 
-def write_generation(folder, meta, paths, stamps, features, attributes):
+def write_generation(folder, meta, paths, stamps, features, attributes, old_files=()):
     """Writes a new generation of the index in ``folder`` (see the module's
-    docstring), ``index.json`` last; then removes the files of older ones."""
+    docstring), ``index.json`` last; then removes ``old_files``, the names of
+    the generation files that the previous ``index.json`` listed (a listed
+    name that is not a generation file's, e.g. ``../x``, is left alone)."""
     generation = secrets.token_hex(4)
     files = {'features': f'features-{generation}.npy',
              'attributes': f'attributes-{generation}.npy',
@@ -217,6 +243,7 @@ def write_generation(folder, meta, paths, stamps, features, attributes):
                    import_faiss().serialize_index(trained_ivfpq).tobytes())
     meta = dict(meta, files=files)
     write_file(osp.join(folder, META_FILE), json.dumps(meta, indent=1).encode())
-    for name in os.listdir(folder):
-        if _GENERATION_FILE.fullmatch(name) and name not in files.values():
-            os.remove(osp.join(folder, name))
+    for name in old_files:
+        if _GENERATION_FILE.fullmatch(str(name)) and name not in files.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(osp.join(folder, name))

@@ -60,6 +60,10 @@ class ExportError(AlfoError):
     export format whose libraries are missing."""
 
 
+class OutputError(AlfoError, ValueError):
+    """An output path that would write over one of the command's own inputs."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (sent by ``timeout``, schedulers, torchrun), raised in the main
     thread so that it ends a tool as Ctrl-C does."""
