@@ -6,7 +6,9 @@ TensorBoard events, ``model/`` checkpoints, ``history.jsonl`` (per-epoch
 losses and times) and ``metrics.json`` (Rank-k, mAP, the CMC curve, attribute
 metrics, parameters and GFLOPs). An evaluation-only run
 (``test.evaluate True``) writes the same files into
-``<save_dir>/eval-<weights file name>/`` and never touches what training wrote.
+``<save_dir>/eval-<weights file name>/`` and never touches what training wrote;
+a folder that holds a finished evaluation refuses another, as a training
+folder does.
 
 Everything that can be refused (config, data, weights, the folder's state) is
 checked before the first file of the run is written: bad input leaves an
