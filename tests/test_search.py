@@ -186,6 +186,38 @@ def test_an_update_removes_only_the_files_its_index_listed(index, trained_alfo, 
                      *updated.meta['files'].values()}
 
 
+def test_an_interrupted_update_leaves_nothing_behind(index, trained_alfo, toy_root, tmp_path,
+                                                    monkeypatch):
+    folder, gallery = tmp_path / 'index', market_split(toy_root, 'bounding_box_test')
+    shutil.copytree(index.folder, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_write_file = gallery_index.write_file
+
+    def full_disk_at_index_json(dest, data):
+        if dest.endswith('index.json'):
+            raise OSError(28, 'No space left on device', dest)
+        return real_write_file(dest, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gallery_index, 'write_file', full_disk_at_index_json)
+        with pytest.raises(OSError):
+            gallery_index.build_index(folder, trained_alfo, [gallery])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # a kill (SIGKILL) between the generation's files and index.json, and in a write
+    orphans = ['features-0000aaaa.npy', 'items-0000aaaa.csv']
+    for name in orphans:
+        (folder / name).write_bytes(b'an unfinished generation')
+    (folder / '.generation.json').write_text(json.dumps(orphans))
+    partial = folder / '.attributes-0000aaaa.npy.0123456789ab.part'
+    partial.write_bytes(b'half')
+    os.utime(partial, (1, 1))
+    mine = folder / 'attributes-1111bbbb.npy'  # a user's, named like a generation file
+    mine.write_bytes(b'mine')
+    updated, _ = gallery_index.build_index(folder, trained_alfo, [gallery])
+    assert {p.name for p in folder.iterdir()} == {'index.json', '.lock', mine.name,
+                                                  *updated.meta['files'].values()}
+
+
 def test_a_second_update_of_a_locked_index_folder_names_the_holder(alfo_weights, toy_root,
                                                                    tmp_path, capsys):
     from alfo_torchreid.utils.run_folder import RunFolder

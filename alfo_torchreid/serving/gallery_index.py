@@ -15,10 +15,13 @@ names them::
     items-<gen>.csv         path, size, mtime_ns: the image of every row
     ivfpq-<gen>.faiss       the trained FAISS IVF-PQ index (backend faiss-ivfpq)
 
-An update writes a new generation's files, then replaces ``index.json``
-atomically, then removes the files of the old generation that ``index.json``
-listed (and no other file: a user's ``features-deadbeef.npy`` stays): an
-interrupted update leaves the previous index whole. An update holds the
+An update names the new generation's files in ``.generation.json``, writes
+them, then replaces ``index.json`` atomically, then removes the files of the
+old generation that ``index.json`` listed (and no other file: a user's
+``features-deadbeef.npy`` stays), then ``.generation.json``: an interrupted
+update leaves the previous index whole, and the next update removes the files
+that ``.generation.json`` names and ``index.json`` does not (with the
+temporary files of a killed write, :class:`RunFolder`). An update holds the
 folder's lock (``.lock``, as a run folder's, :class:`RunFolder`): a second
 update of the same folder at the same time is refused, naming the first's pid. It re-extracts only the images that are new or whose
 size or modification time changed, and drops the rows of images gone from the
@@ -49,6 +52,7 @@ from alfo_torchreid.utils.run_folder import RunFolder
 
 FORMAT = 1
 META_FILE = 'index.json'
+PENDING_FILE = '.generation.json'  # the files of the generation being written
 _GENERATION_FILE = re.compile(r'(features|attributes|items|ivfpq)-[0-9a-f]{8}\.(npy|csv|faiss)')
 
 
@@ -180,17 +184,21 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
     refuse_writing_over_inputs([osp.join(folder, META_FILE)],
                                {**model_files(trained.weights, trained.config_file),
                                 **dict.fromkeys(paths, 'a gallery image')})
-    with RunFolder(folder, 'gallery index folder', '--out', 'index update'):
-        return _update(folder, trained, paths, backend, batch_size, workers, progress)
+    with RunFolder(folder, 'gallery index folder', '--out', 'index update') as lock:
+        return _update(lock, trained, paths, backend, batch_size, workers, progress)
 
 
-def _update(folder, trained, paths, backend, batch_size, workers, progress):
-    """:func:`build_index` of the image files ``paths``, holding the folder's lock."""
+def _update(lock, trained, paths, backend, batch_size, workers, progress):
+    """:func:`build_index` of the image files ``paths``, holding the folder's
+    ``lock`` (:class:`RunFolder`)."""
+    folder = lock.path
     old = load_index(folder) if has_index(folder) else None
     if old is not None:
         check_identity(old, trained)
     backend = backend or (old.backend if old is not None else default_backend(len(paths)))
     search_settings(backend, len(paths))  # refuse a backend before extracting anything
+    remove_unfinished_generation(folder, () if old is None else old.meta['files'].values())
+    lock.remove_stale_partial_files()
     stamps = {path: file_stamp(path) for path in paths}
     old_rows = {} if old is None else {path: row for row, path in enumerate(old.paths)}
     kept = sorted(old_rows[p] for p in paths
@@ -222,12 +230,28 @@ def _update(folder, trained, paths, backend, batch_size, workers, progress):
 def write_generation(folder, meta, paths, stamps, features, attributes, old_files=()):
     """Writes a new generation of the index in ``folder`` (see the module's
     docstring), ``index.json`` last; then removes ``old_files``, the names of
-    the generation files that the previous ``index.json`` listed (a listed
-    name that is not a generation file's, e.g. ``../x``, is left alone)."""
+    the generation files that the previous ``index.json`` listed. A write that
+    fails removes what it wrote (the previous index stays whole)."""
     generation = secrets.token_hex(4)
     files = {'features': f'features-{generation}.npy',
              'attributes': f'attributes-{generation}.npy',
              'items': f'items-{generation}.csv'}
+    if meta['backend']['kind'] == 'faiss-ivfpq':
+        files['ivfpq'] = f'ivfpq-{generation}.faiss'
+    pending = osp.join(folder, PENDING_FILE)
+    write_file(pending, json.dumps(sorted(files.values())).encode())
+    try:
+        _write_files(folder, dict(meta, files=files), paths, stamps, features, attributes)
+    except BaseException:  # Ctrl-C may come just after index.json was replaced
+        remove_unfinished_generation(folder, listed=_listed_files(folder))
+        raise
+    _remove_generation_files(folder, old_files, keep=files.values())
+    os.remove(pending)
+
+
+def _write_files(folder, meta, paths, stamps, features, attributes):
+    """Writes the files that ``meta['files']`` names, then ``index.json`` (``meta``)."""
+    files = meta['files']
     for key, array in (('features', features), ('attributes', attributes)):
         with replacing(osp.join(folder, files[key])) as f:
             np.save(f, array)
@@ -236,14 +260,43 @@ def write_generation(folder, meta, paths, stamps, features, attributes, old_file
     writer.writerow(['path', 'size', 'mtime_ns'])
     writer.writerows([path, *stamp] for path, stamp in zip(paths, stamps))
     write_file(osp.join(folder, files['items']), items.getvalue().encode())
-    if meta['backend']['kind'] == 'faiss-ivfpq':
-        files['ivfpq'] = f'ivfpq-{generation}.faiss'
+    if 'ivfpq' in files:
         trained_ivfpq = build_ivfpq(features, **meta['backend']['build'])
         write_file(osp.join(folder, files['ivfpq']),
                    import_faiss().serialize_index(trained_ivfpq).tobytes())
-    meta = dict(meta, files=files)
     write_file(osp.join(folder, META_FILE), json.dumps(meta, indent=1).encode())
-    for name in old_files:
-        if _GENERATION_FILE.fullmatch(str(name)) and name not in files.values():
+
+
+def remove_unfinished_generation(folder, listed):
+    """Removes the files of a generation whose update stopped before its
+    ``index.json``: those that ``.generation.json`` names and ``listed`` (the
+    names ``index.json`` lists) does not; then ``.generation.json``."""
+    pending = osp.join(folder, PENDING_FILE)
+    try:
+        with open(pending) as f:
+            names = json.load(f)
+    except FileNotFoundError:
+        return
+    except ValueError:  # not written by write_generation (whose write is atomic)
+        names = []
+    _remove_generation_files(folder, names if isinstance(names, list) else [], keep=listed)
+    os.remove(pending)
+
+
+def _listed_files(folder):
+    """The file names that ``index.json`` in ``folder`` lists (none when it cannot be read)."""
+    try:
+        with open(osp.join(folder, META_FILE)) as f:
+            return list(json.load(f)['files'].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def _remove_generation_files(folder, names, keep=()):
+    """Removes the files ``names`` of ``folder`` but those in ``keep``; a name
+    that is not a generation file's (``../x``, ``notes.txt``) is left alone."""
+    keep = set(keep)
+    for name in names:
+        if isinstance(name, str) and _GENERATION_FILE.fullmatch(name) and name not in keep:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(osp.join(folder, name))
