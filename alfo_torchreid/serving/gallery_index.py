@@ -15,18 +15,19 @@ names them::
     items-<gen>.csv         path, size, mtime_ns: the image of every row
     ivfpq-<gen>.faiss       the trained FAISS IVF-PQ index (backend faiss-ivfpq)
 
-An update names the new generation's files in ``.generation.json``, writes
-them, then replaces ``index.json`` atomically, then removes the files of the
-old generation that ``index.json`` listed (and no other file: a user's
-``features-deadbeef.npy`` stays), then ``.generation.json``: an interrupted
-update leaves the previous index whole, and the next update removes the files
-that ``.generation.json`` names and ``index.json`` does not (with the
-temporary files of a killed write, :class:`RunFolder`). An update holds the
-folder's lock (``.lock``, as a run folder's, :class:`RunFolder`): a second
-update of the same folder at the same time is refused, naming the first's pid. It re-extracts only the images that are new or whose
-size or modification time changed, and drops the rows of images gone from the
-gallery (an IVF-PQ index is trained again on the updated features). A model
-whose identity differs from the index's is refused.
+An update holds the folder's lock (``.lock``, as a run folder's,
+:class:`RunFolder`): a second update of the same folder at the same time is
+refused, naming the first's pid. It names the new generation's files in
+``.generation.json``, writes them, then replaces ``index.json`` atomically,
+then removes the files of the old generation that ``index.json`` listed (and
+no other file: a user's ``features-deadbeef.npy`` stays), then
+``.generation.json``. An interrupted update leaves the previous index whole;
+the next one removes the files that ``.generation.json`` names and
+``index.json`` does not, and the temporary files of a killed write. It
+re-extracts only the images that are new or whose size or modification time
+changed, and drops the rows of images gone from the gallery (an IVF-PQ index
+is trained again on the updated features). A model whose identity differs
+from the index's is refused.
 """
 import contextlib
 import csv
