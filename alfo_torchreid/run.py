@@ -45,6 +45,8 @@ from alfo_torchreid.utils.errors import DatasetError, RunFolderError
 from alfo_torchreid.utils.run_folder import RunFolder, read_history, restore_history
 
 METRICS = 'metrics.json'
+# the subfolders a run writes into: checkpoints, test.visrank's ranked lists
+RUN_SUBFOLDERS = ('model', 'visrank_*')
 
 
 def command_line_overrides(args):
@@ -190,7 +192,7 @@ def _run(cfg, log, folder):
 
     # from here on the run writes into its folder (the main process does)
     if distributed.is_main_process():
-        folder.remove_stale_partial_files()
+        folder.remove_stale_partial_files(RUN_SUBFOLDERS)
         log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
         if not final_test_only:
             write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())

@@ -441,15 +441,17 @@ def test_only_the_partial_files_of_this_package_are_removed_and_never_through_a_
     kept = [_stale_partial_file(run, '.notes.part'),  # the user's, not PartialFile's name
             _stale_partial_file(run, '.a.0123456789AB.part'),
             _stale_partial_file(outside),  # reached through a link to its folder
-            _stale_partial_file(run / 'eval-x')]  # a folder locked on its own
-    (run / 'eval-x' / '.lock').write_text('')
+            _stale_partial_file(run / 'model' / 'eval-x'),  # a folder locked on its own
+            _stale_partial_file(run / 'notes' / 'deep')]  # no folder the run writes
+    (run / 'model' / 'eval-x' / '.lock').write_text('')
     (run / 'linked').symlink_to(outside, target_is_directory=True)
     (run / '.b.0123456789ab.part').symlink_to(kept[0])  # a link of that name: not a file
     with RunFolder(run) as folder:
         assert stale.exists()  # not on taking the lock: the run's checks come first
         fresh = _stale_partial_file(run, '.c.0123456789ab.part')
         os.utime(fresh, (time.time() + 60, time.time() + 60))  # written after the lock
-        assert folder.remove_stale_partial_files() == [str(stale)]
+        assert folder.remove_stale_partial_files(('model', 'linked', 'model/eval-*')) == \
+            [str(stale)]
     assert all(p.exists() for p in kept) and fresh.exists()
     assert (run / '.b.0123456789ab.part').is_symlink()
 

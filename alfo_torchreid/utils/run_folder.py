@@ -5,7 +5,8 @@
 process ends, killed or not, so a dead run never blocks the next; a second
 run on a locked folder is refused, naming the holder's pid). Once the run has
 passed its checks, :meth:`RunFolder.remove_stale_partial_files` removes the
-hidden ``.part`` files that a run killed while saving left behind. A gallery
+hidden ``.part`` files that a run killed while saving left behind, in the
+folders a run writes. A gallery
 index folder is locked the same way.
 
 :func:`read_history` reads ``history.jsonl``, dropping a torn last line;
@@ -13,6 +14,7 @@ index folder is locked the same way.
 """
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import os.path as osp
@@ -87,26 +89,33 @@ class RunFolder:
         lock.flush()
         return lock
 
-    def remove_stale_partial_files(self, before=None):
+    def remove_stale_partial_files(self, subfolders=(), before=None):
         """Removes the temporary files of :class:`alfo_torchreid.utils.atomic.PartialFile`
         (named as :data:`~alfo_torchreid.utils.atomic.PARTIAL_NAME`, regular files,
         nothing else) last written before ``before`` (seconds since the epoch;
-        default :attr:`locked_at`): a run holding the folder writes only its
-        own, so older ones belong to a dead run. Call it holding the lock, once
+        default :attr:`locked_at`): a process holding the folder writes only its
+        own, so older ones belong to a dead one. Call it holding the lock, once
         the run has passed its checks: a refused run removes nothing.
 
-        The search stays inside the folder: it follows no symbolic link, and
-        skips the subfolders locked on their own (an evaluation's ``eval-*/``, a
-        gallery index), which other processes may be writing.
+        Only the folder itself and its ``subfolders`` (names or glob patterns:
+        the folders the process writes into) are searched, never deeper, never
+        through a symbolic link, nor a subfolder locked on its own.
+
+        Args:
+            subfolders (tuple of str): e.g. a run's ``('model', 'visrank_*')``.
 
         Returns:
             list of the removed paths.
         """
         before = self.locked_at if before is None else before
+        folders = [self.path] + [
+            folder for pattern in subfolders for folder in sorted(glob.glob(
+                osp.join(glob.escape(self.path), pattern)))
+            if not osp.islink(folder) and osp.isdir(folder) and
+            not osp.lexists(osp.join(folder, LOCK))]
         removed = []
-        for folder, subfolders, names in os.walk(self.path):  # links to folders: not entered
-            subfolders[:] = [d for d in subfolders if not osp.lexists(osp.join(folder, d, LOCK))]
-            for name in names:
+        for folder in folders:
+            for name in sorted(os.listdir(folder)):
                 path = osp.join(folder, name)
                 if PARTIAL_NAME.fullmatch(name) and _written_before(path, before):
                     with contextlib.suppress(FileNotFoundError):
