@@ -42,6 +42,7 @@ from alfo_torchreid.evaluation import paper, report
 from alfo_torchreid.utils.atomic import write_file
 from alfo_torchreid.utils.checkpoints import LATEST
 from alfo_torchreid.utils.errors import AlfoError, ConfigError
+from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs'
 # the attribute version of each dataset, which every run trains and tests on
@@ -85,6 +86,7 @@ OWN_KEYS = {'data.root': '--root', 'data.save_dir': '--out', 'data.sources': '--
             'data.targets': '--dataset', 'train.seed': '--seeds', 'train.resume': None}
 # the config of every run, as the first invocation into <out> recorded it
 CONFIGS_RECORD = 'configs.json'
+TABLE_FILES = ('reproduction.md', 'reproduction.csv')
 # keys that may differ between the invocations that continue one reproduction
 FREE_KEYS = {'use_gpu', 'data.root', 'data.workers', 'data.save_dir'}
 METRIC_KEYS = ('rank1', 'rank5', 'mAP', 'attr_mA')
@@ -131,13 +133,16 @@ def reproduce(dataset, out, root='', quick=False, seeds=(1,), opts=()):
         ensure_toy_dataset(cfgs[0].data.root, dataset)
     for cfg in cfgs:
         run_lib.check_dataset_folder(cfg.data.root, TARGETS[dataset])
+    refuse_writing_over_inputs([osp.join(out, name) for name in (CONFIGS_RECORD, *TABLE_FILES)],
+                               input_files(runs, cfgs))
     record_configs(runs, cfgs, out)
     train_missing(runs)
     table = table_rows({name: [run_results(r, TARGETS[dataset]) for r in runs if r.row == name]
                         for name in RUN_ORDER}, dataset)
     text = markdown(table, dataset, seeds, out, quick, cfgs[0].train.max_epoch, opts)
-    write_file(osp.join(out, 'reproduction.md'), text.encode())
-    write_file(osp.join(out, 'reproduction.csv'), report.csv_text(table, CSV_COLUMNS).encode())
+    md, table_csv = (osp.join(out, name) for name in TABLE_FILES)
+    write_file(md, text.encode())
+    write_file(table_csv, report.csv_text(table, CSV_COLUMNS).encode())
     return text
 
 
@@ -173,6 +178,20 @@ def plan(dataset, out, seeds=(1,), quick=False, root='', opts=()):
             runs.append(Run(name, seed, str(CONFIG_DIR / configs[row.model]),
                             (*row.overrides, *common, *own), save_dir))
     return runs
+
+
+def input_files(runs, cfgs):
+    """``{path: what it is}`` of the files the runs read: their configs, and the
+    weights and attribute files their configs name."""
+    files = {}
+    for run, cfg in zip(runs, cfgs):
+        files[run.config_file] = 'a config'
+        for key in ('pretrained', 'load_weights', 'resume'):
+            files[cfg.model[key]] = f'model.{key}'
+        for name, path in cfg.alfo.attr_file.items():
+            files[path] = f'alfo.attr_file.{name}'
+    files.pop('', None)
+    return files
 
 
 def ensure_toy_dataset(root, dataset):

@@ -6,7 +6,9 @@ TensorBoard events, ``model/`` checkpoints, ``history.jsonl`` (per-epoch
 losses and times) and ``metrics.json`` (Rank-k, mAP, the CMC curve, attribute
 metrics, parameters and GFLOPs). An evaluation-only run
 (``test.evaluate True``) writes the same files into
-``<save_dir>/eval-<weights file name>/`` and never touches what training wrote.
+``<save_dir>/eval-<weights file name>/`` and never touches what training wrote;
+a folder that holds a finished evaluation refuses another, as a training
+folder does.
 
 Everything that can be refused (config, data, weights, the folder's state) is
 checked before the first file of the run is written: bad input leaves an
@@ -43,6 +45,8 @@ from alfo_torchreid.utils.errors import DatasetError, RunFolderError
 from alfo_torchreid.utils.run_folder import RunFolder, read_history, restore_history
 
 METRICS = 'metrics.json'
+# the subfolders a run writes into: checkpoints, test.visrank's ranked lists
+RUN_SUBFOLDERS = ('model', 'visrank_*')
 
 
 def command_line_overrides(args):
@@ -67,18 +71,23 @@ def main(config_file='', opts=()):
     if cfg.test.evaluate:
         cfg.defrost()
         cfg.data.save_dir = evaluation_folder(cfg)
-    with distributed.process_group(cfg.use_gpu), owned_folder(cfg.data.save_dir), \
+    with distributed.process_group(cfg.use_gpu), owned_folder(cfg.data.save_dir) as folder, \
             printed_log() as log:
-        return _run(cfg, log)
+        return _run(cfg, log, folder)
 
 
 @contextlib.contextmanager
 def owned_folder(path):
     """The run folder's lock (:class:`RunFolder`) for the ``with`` block,
-    taken by the main process; under torchrun the others wait until it holds it."""
-    with RunFolder(path) if distributed.is_main_process() else contextlib.nullcontext():
+    taken by the main process; under torchrun the others wait until it holds it.
+
+    Yields:
+        The :class:`RunFolder` in the main process, None in the others.
+    """
+    with RunFolder(path) if distributed.is_main_process() else contextlib.nullcontext() \
+            as folder:
         distributed.barrier()
-        yield
+        yield folder
 
 
 @contextlib.contextmanager
@@ -106,6 +115,17 @@ def evaluation_folder(cfg):
     return osp.join(cfg.data.save_dir, f'eval-{osp.basename(osp.normpath(weights_name))}')
 
 
+def refuse_finished_evaluation(folder):
+    """Raises RunFolderError when the evaluation folder ``folder`` holds a
+    finished evaluation (its ``metrics.json``), which a new one would replace,
+    as a training run refuses a folder that holds a run."""
+    if osp.isfile(osp.join(folder, METRICS)):
+        raise RunFolderError(
+            f'evaluation folder "{folder}" already holds an evaluation of these weights '
+            f'({METRICS}): give this evaluation another data.save_dir (it writes into '
+            '<data.save_dir>/eval-<weights file>), or remove that folder to evaluate again')
+
+
 class Tee:
     """Writes to the console and to the run's log file. Until :meth:`open` the
     log part is kept in memory, so a run refused for bad input writes no log.
@@ -117,9 +137,11 @@ class Tee:
         self.file = io.StringIO()
 
     def open(self, path):
-        """From now on the log goes to ``path`` (appended), the text so far first."""
+        """From now on the log goes to ``path`` (appended), the text so far first.
+        The file is line-buffered: each line reaches it whole when printed, so a
+        run killed (SIGKILL, SIGTERM) keeps the log of what it did."""
         buffered = self.file.getvalue()
-        self.file = open(path, 'a')
+        self.file = open(path, 'a', buffering=1)
         self.file.write(buffered)
 
     def write(self, text):
@@ -137,7 +159,9 @@ class Tee:
         self.file.close()
 
 
-def _run(cfg, log):
+def _run(cfg, log, folder):
+    if cfg.test.evaluate:
+        refuse_finished_evaluation(cfg.data.save_dir)
     print(f'Config:\n{cfg}\n')
     seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic, cfg.use_gpu)
     datamanager = build_datamanager(cfg)
@@ -168,6 +192,7 @@ def _run(cfg, log):
 
     # from here on the run writes into its folder (the main process does)
     if distributed.is_main_process():
+        folder.remove_stale_partial_files(RUN_SUBFOLDERS)
         log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
         if not final_test_only:
             write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())

@@ -1,21 +1,27 @@
-"""CLI fuzz: a few hundred seeded random bad inputs to tools/main.py and tools/compare.py.
+"""CLI fuzz: a few hundred seeded random bad inputs to every tool: main.py,
+compare.py, predict.py, search.py (index and query), export.py and reproduce.py.
 
 The inputs are random mutations of valid ones, each of a kind that must be
 refused: config values out of range or of the wrong type, unknown keys, YAML
 files that do not parse or are not a mapping, dataset trees with a missing or
-empty split, badly named images or damaged attribute files, damaged weights and
-metrics files. For every case: exit status 2, exactly one ``error:`` line, no
-traceback, and the folder of an earlier run (the run folder of every main.py
-case) left byte for byte as it was.
+empty split, badly named images or damaged attribute files, damaged weights,
+configs, indexes and metrics files, missing inputs, bad search filters,
+reproduction arguments, and outputs that would write over one of the tool's
+own inputs. For every case: exit status 2, exactly one ``error:`` line, no
+traceback, and the files of earlier runs (the run folder of every main.py
+case; an earlier run, index and outputs of every other tool's) left byte for
+byte as they were.
 """
 import json
 import random
 import shutil
+from dataclasses import dataclass
 
 import pytest
 import yaml
 
 from alfo_torchreid import config
+from alfo_torchreid.serving import gallery_index
 from alfo_run import REPO, market_split, run_tool
 
 TOY_CONFIG = REPO / 'configs' / 'alfo_toy.yaml'
@@ -285,3 +291,274 @@ def test_the_fuzz_covers_hundreds_of_cases_of_every_kind():
     assert len(CONFIG_CASES) + len(TREE_CASES) + len(FILE_CASES) + len(METRICS_CASES) >= 300
     assert kinds == {'value', 'type', 'unknown', 'odd', 'flag', 'yaml'}
     assert yaml.safe_load(TOY_CONFIG.read_text())  # the base the mutations start from is valid
+
+
+# -- the tools that use a trained model, compare and reproduce ------------------
+
+CHECKPOINT_BYTES = [b'', b'PK\x03\x04broken zip', b'\x80\x02garbage pickle', b'{"json": true}']
+# config files that no run of ALFO can use; the last two are valid YAML
+BAD_MODEL_CONFIGS = ['- a\n- b\n', 'data: [unclosed\n', 'model:\n\tname: alfo\n',
+                     'train:\n  no_such_key: 1\n', 'alfo:\n  num_parts: 0\n',
+                     'model:\n  name: pcb_p6\n']
+BAD_RUN_CONFIGS = BAD_MODEL_CONFIGS[:5] + ['train:\n  max_epoch: many\n']
+BAD_WHERE = ['colour=red', 'gender=yes', 'backpack', 'upcolour=pink', 'gender=female,age']
+# config values every run of a reproduction must refuse
+BAD_OVERRIDES = [('train.lr', '0'), ('train.max_epoch', '0'), ('train.optim', 'adamw'),
+                 ('alfo.num_parts', '0'), ('alfo.focal_gamma', '-1.0'),
+                 ('test.dist_metric', 'l2')]
+EARLIER_OUTPUTS = {
+    'predictions': ('features.npy', 'index.csv', 'predictions.jsonl'),
+    'export': ('alfo.onnx', 'alfo.onnx.json'),
+    'report': ('comparison.md', 'comparison.csv', 'cmc.png', 'attributes.png'),
+    'reproduce': ('configs.json', 'reproduction.md', 'reproduction.csv'),
+}
+
+
+@dataclass
+class Earlier:
+    """What a case of the other tools finds: under ``folder`` a run (``run/``:
+    config.yaml and model/model.pth.tar-1), an index of the toy queries
+    (``index/``), a query photo and the outputs of earlier calls of predict,
+    export, compare and reproduce (:data:`EARLIER_OUTPUTS`), all of which must
+    stay as they are; ``tmp``: the case's own folder."""
+    folder: Path
+    toy_root: Path
+    tmp: Path = None
+
+    @property
+    def weights(self):
+        return self.folder / 'run' / 'model' / 'model.pth.tar-1'
+
+    @property
+    def gallery(self):
+        return market_split(self.toy_root, 'query')
+
+    def write(self, name, content):
+        path = self.tmp / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+    def link(self, name, target):
+        """A link ``tmp/name`` to ``target``: an output path that is an input."""
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(target)
+        return path
+
+
+@pytest.fixture(scope='module')
+def earlier(alfo_weights, trained_alfo, toy_root, module_tmp):
+    folder = module_tmp('earlier-outputs')
+    shutil.copytree(alfo_weights.parent.parent, folder / 'run')
+    gallery_index.build_index(folder / 'index', trained_alfo, [market_split(toy_root, 'query')],
+                              'torch')
+    shutil.copy(sorted(market_split(toy_root, 'query').glob('*.jpg'))[0], folder / 'query.jpg')
+    for name, files in EARLIER_OUTPUTS.items():
+        (folder / name).mkdir()
+        for file in files:
+            (folder / name / file).write_text('{}' if file.endswith('.json') else f'{file}\n')
+    return Earlier(folder, toy_root)
+
+
+def _state(folder):
+    """Every file of ``folder`` but the lock: its bytes, or for a file over 1 MB
+    (the weights, read once per case otherwise) its inode, size and
+    modification time, which any write changes."""
+    state = {}
+    for path in folder.rglob('*'):
+        if path.is_file() and path.name != '.lock':
+            info = path.stat()
+            state[path] = path.read_bytes() if info.st_size < 2 ** 20 else \
+                (info.st_ino, info.st_size, info.st_mtime_ns)
+    return state
+
+
+MODEL_KINDS = ('weights-damaged', 'weights-missing', 'config-bad', 'config-missing')
+
+
+def _kinds(rng, kinds, count):
+    """``count`` kinds of case: each of ``kinds`` once, in random order, then random ones."""
+    return rng.sample(kinds, len(kinds)) + rng.choices(kinds, k=count - len(kinds))
+
+
+def model_mutation(rng, kind):
+    """env -> ``--weights``/``--config`` arguments of a model that cannot be loaded
+    (``kind``: one of :data:`MODEL_KINDS`)."""
+    content = rng.choice(CHECKPOINT_BYTES + [bytes(rng.randrange(256) for _ in range(64))])
+    text = rng.choice(BAD_MODEL_CONFIGS)
+
+    def arguments(env):
+        if kind == 'weights-damaged':
+            return ['--weights', env.write('damaged.pth', content)]
+        if kind == 'weights-missing':
+            return ['--weights', env.tmp / 'missing.pth']
+        return ['--weights', env.weights, '--config',
+                env.write('bad.yaml', text) if kind == 'config-bad' else env.tmp / 'missing.yaml']
+    return arguments
+
+
+def predict_cases(rng, count):
+    cases = []
+    for i, kind in enumerate(_kinds(rng, MODEL_KINDS + ('input-missing', 'input-empty',
+                                                        'out-over-input'), count)):
+        file = rng.choice(EARLIER_OUTPUTS['predictions'])
+        if kind in MODEL_KINDS:
+            model = model_mutation(rng, kind)
+
+            def build(env, model=model):
+                return [env.gallery, *model(env), '--out', env.folder / 'predictions']
+        elif kind == 'out-over-input':  # an output that is the weights or an input image
+            target = rng.choice(['weights', 'image'])
+
+            def build(env, file=file, target=target):
+                image = sorted(env.gallery.glob('*.jpg'))[0]
+                env.link(f'out/{file}', env.weights if target == 'weights' else image)
+                return [env.gallery, '--weights', env.weights, '--out', env.tmp / 'out']
+        else:
+            def build(env, kind=kind):
+                inputs = [env.gallery, env.tmp / 'missing.jpg']
+                if kind == 'input-empty':  # a folder of no image, alone
+                    inputs = [env.tmp]
+                return [*inputs, '--weights', env.weights, '--out', env.folder / 'predictions']
+        cases.append((f'{i}-predict-{kind}', 'predict', build))
+    return cases
+
+
+def export_cases(rng, count):
+    cases = []
+    for i, kind in enumerate(_kinds(rng, MODEL_KINDS + ('out-over-weights', 'out-over-config',
+                                                        'description-over-weights'), count)):
+        if kind in MODEL_KINDS:
+            model = model_mutation(rng, kind)
+
+            def build(env, model=model):
+                return [*model(env), '--out', env.folder / 'export' / 'alfo.onnx']
+        else:
+            def build(env, kind=kind):
+                out = {'out-over-weights': env.weights,
+                       'out-over-config': env.folder / 'run' / 'config.yaml'}.get(kind)
+                if out is None:
+                    env.link('alfo.onnx.json', env.weights)
+                    out = env.tmp / 'alfo.onnx'
+                return ['--weights', env.weights, '--out', out]
+        cases.append((f'{i}-export-{kind}', 'export', build))
+    return cases
+
+
+def index_cases(rng, count):
+    """The cases but the damaged weights load the model first (as tools/search.py
+    index does, like predict): a few."""
+    cases = []
+    for i, kind in enumerate(_kinds(rng, ('weights-damaged', 'gallery-missing', 'gallery-empty',
+                                          'out-is-a-file', 'index-over-weights'), count)):
+        model = model_mutation(rng, kind) if kind in MODEL_KINDS else None
+
+        def build(env, kind=kind, model=model):
+            gallery, out = env.gallery, env.folder / 'index'
+            if kind in ('gallery-missing', 'gallery-empty'):
+                gallery = env.tmp / 'gallery'
+                if kind == 'gallery-empty':
+                    gallery.mkdir()
+            elif kind == 'out-is-a-file':
+                out = env.folder / 'export' / 'alfo.onnx'
+            elif kind == 'index-over-weights':
+                out = env.link('index/index.json', env.weights).parent
+            return ['index', gallery, *(model(env) if model else ['--weights', env.weights]),
+                    '--out', out, '--backend', 'torch']
+        cases.append((f'{i}-index-{kind}', 'search', build))
+    return cases
+
+
+def query_cases(rng, count):
+    cases = []
+    for i, kind in enumerate(_kinds(rng, ('no-index', 'torn-index', 'missing-file', 'where',
+                                          'out-over-index', 'out-over-query', 'weights-damaged'),
+                                    count)):
+        cut, key, where = rng.random(), rng.choice(['features', 'attributes', 'items']), \
+            rng.choice(BAD_WHERE)
+        content = rng.choice(CHECKPOINT_BYTES)
+
+        def build(env, kind=kind, cut=cut, key=key, where=where, content=content):
+            index, extra = env.folder / 'index', ['--out', env.tmp / 'grid.png']
+            if kind == 'no-index':
+                index = env.tmp
+            elif kind in ('torn-index', 'missing-file'):
+                index = env.tmp / 'index'
+                shutil.copytree(env.folder / 'index', index)
+                meta = index / 'index.json'
+                if kind == 'torn-index':
+                    meta.write_bytes(meta.read_bytes()[:int(cut * meta.stat().st_size)])
+                else:
+                    (index / json.loads(meta.read_text())['files'][key]).unlink()
+            elif kind == 'where':
+                extra += ['--where', where]
+            elif kind == 'out-over-index':  # its JSON would be index.json
+                extra = ['--out', env.folder / 'index' / 'index.png']
+            elif kind == 'out-over-query':
+                extra = ['--out', env.folder / 'query.jpg']
+            else:
+                extra += ['--weights', env.write('damaged.pth', content)]
+            return ['query', index, env.folder / 'query.jpg', *extra]
+        cases.append((f'{i}-query-{kind}', 'search', build))
+    return cases
+
+
+def compare_cases(rng, count):
+    cases = []
+    for i, kind in enumerate(_kinds(rng, ('no-metrics', 'config-bad', 'config-over-report'),
+                                    count)):
+        text, file = rng.choice(BAD_RUN_CONFIGS), rng.choice(EARLIER_OUTPUTS['report'])
+
+        def build(env, kind=kind, text=text, file=file):
+            out = env.folder / 'report'
+            if kind == 'no-metrics':
+                return [env.folder / 'run', '--out', out]
+            config_file = env.write('bad.yaml', text) if kind == 'config-bad' else out / file
+            return ['--configs', config_file, '--out', out]
+        cases.append((f'{i}-compare-{kind}', 'compare', build))
+    return cases
+
+
+def reproduce_cases(rng, count):
+    cases = []
+    for i, kind in enumerate(_kinds(rng, ('dataset', 'seeds', 'own-key', 'value', 'no-dataset',
+                                          'out-over-input'), count)):
+        dataset = rng.choice(['market', 'duke', 'msmt17', 'market1501_attr'])
+        seeds = rng.choice([['-1'], ['1', '1'], ['2', '-3']])
+        own = rng.choice(['data.save_dir', 'data.root', 'data.sources', 'train.seed',
+                          'train.resume'])
+        override = rng.choice(BAD_OVERRIDES)
+        table = rng.choice(EARLIER_OUTPUTS['reproduce'])
+
+        def build(env, kind=kind, dataset=dataset, seeds=seeds, own=own, override=override,
+                  table=table):
+            out = env.folder / 'reproduce'
+            argv = ['--dataset', dataset if kind == 'dataset' else 'market1501', '--quick',
+                    '--root', env.tmp if kind == 'no-dataset' else env.toy_root, '--out', out]
+            if kind == 'seeds':
+                argv += ['--seeds', *seeds]
+            return argv + {'own-key': [own, '1'], 'value': list(override),
+                           'out-over-input': ['model.pretrained', out / table]}.get(kind, [])
+        cases.append((f'{i}-reproduce-{kind}', 'reproduce', build))
+    return cases
+
+
+TOOL_CASES = (predict_cases(RNG, 14) + export_cases(RNG, 10) + index_cases(RNG, 5)
+              + query_cases(RNG, 16) + compare_cases(RNG, 8) + reproduce_cases(RNG, 14))
+
+
+@pytest.mark.parametrize('name, tool, build', TOOL_CASES, ids=[c[0] for c in TOOL_CASES])
+def test_bad_tool_input(name, tool, build, earlier, tmp_path):
+    env = Earlier(earlier.folder, earlier.toy_root, tmp_path)
+    before = _state(env.folder)
+    _refused(tool, build(env))
+    assert _state(env.folder) == before
+
+
+def test_the_tool_fuzz_covers_every_tool_and_kind():
+    kinds = {tuple(name.split('-', 2)[1:]) for name, *_ in TOOL_CASES}
+    assert {tool for tool, _ in kinds} == {'predict', 'export', 'index', 'query', 'compare',
+                                           'reproduce'}
+    assert len(kinds) == 7 + 7 + 5 + 7 + 3 + 6
+    assert len(CONFIG_CASES) + len(TREE_CASES) + len(FILE_CASES) + len(METRICS_CASES) + \
+        len(TOOL_CASES) >= 370

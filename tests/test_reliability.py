@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -373,9 +374,19 @@ def test_restoring_the_history_keeps_whole_lines_up_to_the_checkpoint(tmp_path):
     assert (tmp_path / 'history.jsonl').read_text() == lines[0]
 
 
+def _stale_partial_file(folder, name='.latest.pth.tar.0123456789ab.part'):
+    """A temporary file of a save killed a minute ago (atomic.PartialFile's name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(b'half a file')
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    return path
+
+
 def test_a_new_run_in_a_folder_holding_a_run_is_refused(finished_run, toy_root, tmp_path,
                                                        capsys):
     run = _copy_run(finished_run, tmp_path)
+    _stale_partial_file(run / 'model')  # a refused run removes nothing, not even these
     before = _snapshot(run)
     status, _, err = _main(capsys, toy_root, run)
     assert status == 2 and len(err) == 1
@@ -389,9 +400,7 @@ def test_resume_takes_the_configs_learning_rate_drops_a_torn_line_and_cleans_par
     assert (run / '.lock').read_text().isdigit()  # left by a process that has ended: no block
     with open(run / 'history.jsonl', 'a') as f:
         f.write('{"epoch": 2, "lr": 0.0')  # a write cut short by a crash
-    stale = run / 'model' / '.latest.pth.tar.0123456789ab.part'
-    stale.write_bytes(b'half a checkpoint')
-    os.utime(stale, (time.time() - 60, time.time() - 60))
+    stale = _stale_partial_file(run / 'model')
     with pytest.warns(UserWarning, match='dropped its last line'):
         status, out, err = _main(capsys, toy_root, run, 'train.resume', 'True',
                                  'train.max_epoch', '2', 'train.lr', '0.0001')
@@ -420,6 +429,46 @@ def test_resuming_with_another_optimizer_setup_is_one_line(finished_run, toy_roo
     assert status == 2 and len(err) == 1 and expected in err[0], err
     assert 'model.load_weights' in err[0]
     assert _snapshot(run) == before
+
+
+def test_only_the_partial_files_of_this_package_are_removed_and_never_through_a_link(
+        tmp_path):
+    from alfo_torchreid.utils.run_folder import RunFolder
+    run, outside = tmp_path / 'run', tmp_path / 'outside'
+    stale = _stale_partial_file(run / 'model')
+    kept = [_stale_partial_file(run, '.notes.part'),  # the user's, not PartialFile's name
+            _stale_partial_file(run, '.a.0123456789AB.part'),
+            _stale_partial_file(outside),  # reached through a link to its folder
+            _stale_partial_file(run / 'model' / 'eval-x'),  # a folder locked on its own
+            _stale_partial_file(run / 'notes' / 'deep')]  # no folder the run writes
+    (run / 'model' / 'eval-x' / '.lock').write_text('')
+    (run / 'linked').symlink_to(outside, target_is_directory=True)
+    (run / '.b.0123456789ab.part').symlink_to(kept[0])  # a link of that name: not a file
+    with RunFolder(run) as folder:
+        assert stale.exists()  # not on taking the lock: the run's checks come first
+        fresh = _stale_partial_file(run, '.c.0123456789ab.part')
+        os.utime(fresh, (time.time() + 60, time.time() + 60))  # written after the lock
+        assert folder.remove_stale_partial_files(('model', 'linked', 'model/eval-*')) == \
+            [str(stale)]
+    assert all(p.exists() for p in kept) and fresh.exists()
+    assert (run / '.b.0123456789ab.part').is_symlink()
+
+
+def test_a_second_evaluation_into_a_finished_evaluation_folder_is_refused(
+        finished_run, toy_root, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    evaluated = run / 'eval-model.pth.tar-1'
+    evaluated.mkdir()
+    (evaluated / 'metrics.json').write_text('{"results": "of the first evaluation"}')
+    (evaluated / 'config.yaml').write_text('test:\n  rerank: true\n')
+    before = _snapshot(run)
+    status, _, err = _main(capsys, toy_root, run, 'test.evaluate', 'True',
+                           'model.load_weights', run / 'model' / 'model.pth.tar-1')
+    assert status == 2 and len(err) == 1, err
+    assert f'evaluation folder "{evaluated}" already holds an evaluation' in err[0]
+    after = _snapshot(run)
+    after.pop(Path('eval-model.pth.tar-1/.lock'), None)  # no content of a run
+    assert after == before
 
 
 def test_resuming_from_a_bare_state_dict_is_one_line(finished_run, toy_root, tmp_path, capsys):
@@ -477,19 +526,28 @@ def test_an_error_in_a_dataloader_worker_is_one_line(toy_root, tmp_path, capsys)
     assert 'Traceback' not in out + '\n'.join(err)
 
 
-def test_sigint_during_training_exits_130_and_keeps_the_checkpoint(toy_root, tmp_path):
+@pytest.mark.parametrize('signum, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                            (signal.SIGKILL, -signal.SIGKILL)])
+def test_a_signal_during_training_keeps_the_checkpoint_and_the_log(toy_root, tmp_path, signum,
+                                                                   status):
     run = tmp_path / 'run'
-    proc = _start(toy_root, run)
+    proc = _start(toy_root, run, 'train.print_freq', '1')
     history, latest = run / 'history.jsonl', run / 'model' / 'latest.pth.tar'
     deadline = time.time() + 300
     while not (history.exists() and latest.exists()) and proc.poll() is None \
             and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, output[-2000:]
-    assert 'interrupted: what was saved is kept' in output and 'Traceback' not in output
+    assert proc.returncode == status, output[-2000:]
+    if signum != signal.SIGKILL:
+        assert 'interrupted: what was saved is kept' in output and 'Traceback' not in output
     assert checkpoints.load_checkpoint(latest)['epoch'] >= 1
+    # every line printed before the epoch's history line is in the log, whole
+    log = (run / 'train.log').read_text()
+    steps = re.findall(r'^epoch: \[1/2\]\[(\d+)/(\d+)\]', log, re.MULTILINE)
+    assert steps and steps[-1][0] == steps[-1][1], log[-2000:]
+    assert log.endswith('\n')
 
 
 def test_snapshots_hold_the_weights_alone_and_latest_the_whole_state(finished_run):

@@ -8,10 +8,12 @@ Writes comparison.md, comparison.csv, cmc.png and attributes.png into --out
 and prints the table.
 """
 import argparse
+import os.path as osp
 import sys
 
 from alfo_torchreid.evaluation import report
 from alfo_torchreid.utils.errors import run_command
+from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
 
 
 def main(argv=None):
@@ -31,6 +33,9 @@ def compare(runs, config_files, out):
     """Runs ``config_files`` (as tools/main.py), then writes the report of
     ``runs`` and those runs into the folder ``out`` and prints its table."""
     runs = list(runs)
+    refuse_writing_over_inputs([osp.join(out, name) for name in report.REPORT_FILES],
+                               {**{report.metrics_file(r): 'the metrics of a run' for r in runs},
+                                **dict.fromkeys(config_files, 'a config (--configs)')})
     if config_files:
         from alfo_torchreid import run as run_lib
         for config_file in config_files:

@@ -14,6 +14,7 @@ import sys
 
 from alfo_torchreid.serving import export, inference
 from alfo_torchreid.utils.errors import run_command
+from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
 
 
 def build_parser():
@@ -27,6 +28,8 @@ def build_parser():
 
 
 def export_weights(args):
+    refuse_writing_over_inputs(export.output_paths(args.weights, args.format, args.out),
+                               inference.model_files(args.weights, args.config))
     trained = inference.load_trained_alfo(args.weights, args.config, args.trust_checkpoint,
                                           device='cpu')
     report = export.export_model(trained, args.format, args.out)

@@ -18,6 +18,7 @@ import sys
 
 from alfo_torchreid.serving import inference
 from alfo_torchreid.utils.errors import run_command
+from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
 
 
 def build_parser():
@@ -33,9 +34,12 @@ def build_parser():
 
 
 def predict(args):
+    images = inference.find_images(args.inputs)
+    refuse_writing_over_inputs(inference.prediction_files(args.out),
+                               {**inference.model_files(args.weights, args.config),
+                                **dict.fromkeys(images, 'the input image')})
     trained = inference.load_trained_alfo(args.weights, args.config, args.trust_checkpoint)
-    predictions = inference.predict(trained, inference.find_images(args.inputs),
-                                    args.batch_size, args.workers)
+    predictions = inference.predict(trained, images, args.batch_size, args.workers)
     inference.write_predictions(args.out, predictions, trained.schema)
     print(inference.prediction_table(predictions, trained.schema, args.show))
     print(f'{len(predictions.paths)} images, features of {predictions.features.shape[1]} '

@@ -25,6 +25,7 @@ from alfo_torchreid.evaluation.attribute_match import (format_prediction, named_
                                                        parse_where)
 from alfo_torchreid.serving import gallery_index, inference, search
 from alfo_torchreid.utils.errors import run_command
+from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
 
 
 def build_parser():
@@ -69,12 +70,16 @@ def build_index(args):
 def query_index(args):
     index = gallery_index.load_index(args.index)
     where = parse_where(args.where, index.schema) if args.where else None
-    trained = inference.load_trained_alfo(args.weights or index.meta['weights'],
-                                          args.config or ('' if args.weights else
-                                                          index.meta['config']),
-                                          args.trust_checkpoint)
-    gallery_index.check_identity(index, trained)
+    weights = args.weights or index.meta['weights']
+    config_file = args.config or ('' if args.weights else index.meta['config'])
     query_path = osp.abspath(args.query)
+    out = args.out or f'search-{osp.splitext(osp.basename(args.query))[0]}.png'
+    refuse_writing_over_inputs([out, osp.splitext(out)[0] + '.json'],
+                               {query_path: 'the query image',
+                                **dict.fromkeys(index.files(), 'a file of the gallery index'),
+                                **inference.model_files(weights, config_file)})
+    trained = inference.load_trained_alfo(weights, config_file, args.trust_checkpoint)
+    gallery_index.check_identity(index, trained)
     feature, attributes = inference.predict_image(trained, query_path)
     hits = search.rank_gallery(index, search.open_search(index),
                                trained.search_features(feature[None])[0], attributes, args.top,
@@ -87,7 +92,6 @@ def query_index(args):
     for hit, prediction in zip(hits, named):
         print(f'{hit.rank:3d}  {hit.distance:10.4f}  {hit.path}  '
               f'{" / ".join(rank_grid.attribute_summary(prediction, index.schema))}')
-    out = args.out or f'search-{osp.splitext(osp.basename(args.query))[0]}.png'
     rank_grid.draw_ranking(query_path, query_named,
                            [(h.path, h.distance, p) for h, p in zip(hits, named)],
                            index.schema, out)

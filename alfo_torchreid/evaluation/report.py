@@ -23,6 +23,12 @@ from alfo_torchreid.utils.errors import AlfoError  # noqa: E402
 
 COLUMNS = ('run', 'model', 'dataset', 'rank1', 'rank5', 'rank10', 'mAP', 'attr_mA',
            'params_M', 'GFLOPs', 'sec_per_epoch')
+REPORT_FILES = ('comparison.md', 'comparison.csv', 'cmc.png', 'attributes.png')
+
+
+def metrics_file(run_dir):
+    """The ``metrics.json`` of the run folder ``run_dir``."""
+    return osp.join(run_dir, 'metrics.json')
 
 
 def load_run(run_dir):
@@ -32,7 +38,7 @@ def load_run(run_dir):
         AlfoError: the file is missing, not JSON, or not shaped as
             ``tools/main.py`` writes it; the message names the file.
     """
-    path = osp.join(run_dir, 'metrics.json')
+    path = metrics_file(run_dir)
     if not osp.isfile(path):
         raise AlfoError(f'run folder "{run_dir}" has no metrics.json: has the run finished '
                         f'(tools/main.py writes it after the final test)?')
@@ -184,7 +190,8 @@ def plot_attributes(runs, path):
 
 
 def write_report(run_dirs, out_dir):
-    """Writes comparison.md, comparison.csv, cmc.png, attributes.png into ``out_dir``.
+    """Writes the :data:`REPORT_FILES` (comparison.md, comparison.csv, cmc.png,
+    attributes.png) into ``out_dir``.
 
     Returns:
         The Markdown table (also printed by ``tools/compare.py``).
@@ -193,11 +200,12 @@ def write_report(run_dirs, out_dir):
     table = rows(runs)
     os.makedirs(out_dir, exist_ok=True)
     text = markdown_table(table)
-    write_file(osp.join(out_dir, 'comparison.md'), (
+    md, table_csv, cmc, attributes = (osp.join(out_dir, name) for name in REPORT_FILES)
+    write_file(md, (
         '# Comparison\n\nRank-k, mAP and attribute mA in %; params: all trained parameters, '
         'in millions; GFLOPs per image at inference; training seconds per epoch.\n\n'
         + text).encode())
-    write_file(osp.join(out_dir, 'comparison.csv'), csv_text(table).encode())
-    plot_cmc(runs, osp.join(out_dir, 'cmc.png'))
-    plot_attributes(runs, osp.join(out_dir, 'attributes.png'))
+    write_file(table_csv, csv_text(table).encode())
+    plot_cmc(runs, cmc)
+    plot_attributes(runs, attributes)
     return text

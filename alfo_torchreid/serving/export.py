@@ -71,9 +71,7 @@ def export_model(trained, fmt, out_path=''):
         ExportError: a missing library, or outputs that differ by more than
             :data:`MAX_ABS_DIFF` (then nothing is written).
     """
-    if fmt not in FORMATS:
-        raise ExportError(f'unknown export format {fmt!r}; expected one of {list(FORMATS)}')
-    out_path = osp.abspath(out_path or trained.weights + SUFFIXES[fmt])
+    out_path, description = output_paths(trained.weights, fmt, out_path)
     network = trained.network.cpu().eval()
     size = (trained.identity['input']['height'], trained.identity['input']['width'])
     generator = torch.Generator().manual_seed(0)
@@ -95,9 +93,26 @@ def export_model(trained, fmt, out_path=''):
                               f'{max(diff.values()):.2e} (> {MAX_ABS_DIFF:g}; per output: '
                               f'{diff}): nothing written')
         partial.replace()
-    description = out_path + '.json'
     write_file(description, json.dumps(describe(trained, fmt, diff), indent=1).encode())
     return ExportReport(out_path, description, diff)
+
+
+def output_paths(weights, fmt, out_path=''):
+    """(model file, its JSON description) that :func:`export_model` writes.
+
+    Args:
+        weights (str): the checkpoint exported.
+        fmt (str): ``'onnx'`` or ``'torchscript'``.
+        out_path (str): default: the weights' path + ``.onnx`` / ``.torchscript.pt``.
+
+    Raises:
+        ExportError: an unknown format.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f'unknown export format {fmt!r}; expected one of {list(FORMATS)}')
+    path = osp.abspath(osp.expanduser(str(out_path))) if out_path else \
+        osp.abspath(osp.expanduser(str(weights))) + SUFFIXES[fmt]
+    return path, path + '.json'
 
 
 def _export_onnx(network, example, check, partial):

@@ -15,13 +15,21 @@ names them::
     items-<gen>.csv         path, size, mtime_ns: the image of every row
     ivfpq-<gen>.faiss       the trained FAISS IVF-PQ index (backend faiss-ivfpq)
 
-An update writes a new generation's files, then replaces ``index.json``
-atomically, then removes the old generation: an interrupted update leaves the
-previous index whole. It re-extracts only the images that are new or whose
-size or modification time changed, and drops the rows of images gone from the
-gallery (an IVF-PQ index is trained again on the updated features). A model
-whose identity differs from the index's is refused.
+An update holds the folder's lock (``.lock``, as a run folder's,
+:class:`RunFolder`): a second update of the same folder at the same time is
+refused, naming the first's pid. It names the new generation's files in
+``.generation.json``, writes them, then replaces ``index.json`` atomically,
+then removes the files of the old generation that ``index.json`` listed (and
+no other file: a user's ``features-deadbeef.npy`` stays), then
+``.generation.json``. An interrupted update leaves the previous index whole;
+the next one removes the files that ``.generation.json`` names and
+``index.json`` does not, and the temporary files of a killed write. It
+re-extracts only the images that are new or whose size or modification time
+changed, and drops the rows of images gone from the gallery (an IVF-PQ index
+is trained again on the updated features). A model whose identity differs
+from the index's is refused.
 """
+import contextlib
 import csv
 import io
 import json
@@ -35,14 +43,17 @@ from typing import List, Tuple
 import numpy as np
 
 from alfo_torchreid.data.attributes import AttributeSchema
-from alfo_torchreid.serving.inference import Predictions, find_images, predict
+from alfo_torchreid.serving.inference import Predictions, find_images, model_files, predict
 from alfo_torchreid.serving.search import (build_ivfpq, default_backend, import_faiss,
                                            search_settings)
 from alfo_torchreid.utils.atomic import replacing, write_file
 from alfo_torchreid.utils.errors import SearchError
+from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
+from alfo_torchreid.utils.run_folder import RunFolder
 
 FORMAT = 1
 META_FILE = 'index.json'
+PENDING_FILE = '.generation.json'  # the files of the generation being written
 _GENERATION_FILE = re.compile(r'(features|attributes|items|ivfpq)-[0-9a-f]{8}\.(npy|csv|faiss)')
 
 
@@ -68,6 +79,10 @@ class GalleryIndex:
 
     def file(self, key):
         return osp.join(self.folder, self.meta['files'][key])
+
+    def files(self):
+        """The paths of ``index.json`` and of every file it lists."""
+        return [osp.join(self.folder, META_FILE)] + [self.file(key) for key in self.meta['files']]
 
 
 @dataclass
@@ -160,14 +175,31 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
     Returns:
         (GalleryIndex, UpdateReport). Unreadable images are left out (named in
         ``report.predictions.skipped``) and tried again by the next update.
+
+    Raises:
+        SearchError, RunFolderInUse (another update holds the folder),
+        OutputError (``index.json`` would be an input: an image, the weights).
     """
     folder = osp.abspath(osp.expanduser(str(folder)))
+    paths = find_images(inputs)
+    refuse_writing_over_inputs([osp.join(folder, META_FILE)],
+                               {**model_files(trained.weights, trained.config_file),
+                                **dict.fromkeys(paths, 'a gallery image')})
+    with RunFolder(folder, 'gallery index folder', '--out', 'index update') as lock:
+        return _update(lock, trained, paths, backend, batch_size, workers, progress)
+
+
+def _update(lock, trained, paths, backend, batch_size, workers, progress):
+    """:func:`build_index` of the image files ``paths``, holding the folder's
+    ``lock`` (:class:`RunFolder`)."""
+    folder = lock.path
     old = load_index(folder) if has_index(folder) else None
     if old is not None:
         check_identity(old, trained)
-    paths = find_images(inputs)
     backend = backend or (old.backend if old is not None else default_backend(len(paths)))
     search_settings(backend, len(paths))  # refuse a backend before extracting anything
+    remove_unfinished_generation(folder, () if old is None else old.meta['files'].values())
+    lock.remove_stale_partial_files()
     stamps = {path: file_stamp(path) for path in paths}
     old_rows = {} if old is None else {path: row for row, path in enumerate(old.paths)}
     kept = sorted(old_rows[p] for p in paths
@@ -187,7 +219,8 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
             'backend': {'kind': backend, **search_settings(backend, len(new_paths))}}
     write_generation(folder, meta, new_paths, [stamps[p] for p in new_paths],
                      features.astype(np.float32, copy=False),
-                     attributes.astype(np.float32, copy=False))
+                     attributes.astype(np.float32, copy=False),
+                     old_files=() if old is None else old.meta['files'].values())
     changed = sum(1 for p in predictions.paths if p in old_rows)
     report = UpdateReport(kept=len(kept), added=len(predictions.paths) - changed,
                           changed=changed, removed=len(old_rows) - len(kept) - changed,
@@ -195,13 +228,31 @@ def build_index(folder, trained, inputs, backend=None, batch_size=64, workers=0,
     return load_index(folder), report
 
 
-def write_generation(folder, meta, paths, stamps, features, attributes):
+def write_generation(folder, meta, paths, stamps, features, attributes, old_files=()):
     """Writes a new generation of the index in ``folder`` (see the module's
-    docstring), ``index.json`` last; then removes the files of older ones."""
+    docstring), ``index.json`` last; then removes ``old_files``, the names of
+    the generation files that the previous ``index.json`` listed. A write that
+    fails removes what it wrote (the previous index stays whole)."""
     generation = secrets.token_hex(4)
     files = {'features': f'features-{generation}.npy',
              'attributes': f'attributes-{generation}.npy',
              'items': f'items-{generation}.csv'}
+    if meta['backend']['kind'] == 'faiss-ivfpq':
+        files['ivfpq'] = f'ivfpq-{generation}.faiss'
+    pending = osp.join(folder, PENDING_FILE)
+    write_file(pending, json.dumps(sorted(files.values())).encode())
+    try:
+        _write_files(folder, dict(meta, files=files), paths, stamps, features, attributes)
+    except BaseException:  # Ctrl-C may come just after index.json was replaced
+        remove_unfinished_generation(folder, listed=_listed_files(folder))
+        raise
+    _remove_generation_files(folder, old_files, keep=files.values())
+    os.remove(pending)
+
+
+def _write_files(folder, meta, paths, stamps, features, attributes):
+    """Writes the files that ``meta['files']`` names, then ``index.json`` (``meta``)."""
+    files = meta['files']
     for key, array in (('features', features), ('attributes', attributes)):
         with replacing(osp.join(folder, files[key])) as f:
             np.save(f, array)
@@ -210,13 +261,43 @@ def write_generation(folder, meta, paths, stamps, features, attributes):
     writer.writerow(['path', 'size', 'mtime_ns'])
     writer.writerows([path, *stamp] for path, stamp in zip(paths, stamps))
     write_file(osp.join(folder, files['items']), items.getvalue().encode())
-    if meta['backend']['kind'] == 'faiss-ivfpq':
-        files['ivfpq'] = f'ivfpq-{generation}.faiss'
+    if 'ivfpq' in files:
         trained_ivfpq = build_ivfpq(features, **meta['backend']['build'])
         write_file(osp.join(folder, files['ivfpq']),
                    import_faiss().serialize_index(trained_ivfpq).tobytes())
-    meta = dict(meta, files=files)
     write_file(osp.join(folder, META_FILE), json.dumps(meta, indent=1).encode())
-    for name in os.listdir(folder):
-        if _GENERATION_FILE.fullmatch(name) and name not in files.values():
-            os.remove(osp.join(folder, name))
+
+
+def remove_unfinished_generation(folder, listed):
+    """Removes the files of a generation whose update stopped before its
+    ``index.json``: those that ``.generation.json`` names and ``listed`` (the
+    names ``index.json`` lists) does not; then ``.generation.json``."""
+    pending = osp.join(folder, PENDING_FILE)
+    try:
+        with open(pending) as f:
+            names = json.load(f)
+    except FileNotFoundError:
+        return
+    except ValueError:  # not written by write_generation (whose write is atomic)
+        names = []
+    _remove_generation_files(folder, names if isinstance(names, list) else [], keep=listed)
+    os.remove(pending)
+
+
+def _listed_files(folder):
+    """The file names that ``index.json`` in ``folder`` lists (none when it cannot be read)."""
+    try:
+        with open(osp.join(folder, META_FILE)) as f:
+            return list(json.load(f)['files'].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def _remove_generation_files(folder, names, keep=()):
+    """Removes the files ``names`` of ``folder`` but those in ``keep``; a name
+    that is not a generation file's (``../x``, ``notes.txt``) is left alone."""
+    keep = set(keep)
+    for name in names:
+        if isinstance(name, str) and _GENERATION_FILE.fullmatch(name) and name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(osp.join(folder, name))

@@ -91,6 +91,20 @@ def default_config_file(weights):
     return osp.join(osp.dirname(osp.dirname(osp.abspath(weights))), 'config.yaml')
 
 
+def _model_paths(weights, config_file=''):
+    """The absolute paths of the weights and of their config (default
+    :func:`default_config_file`)."""
+    weights = osp.abspath(osp.expanduser(str(weights)))
+    return weights, osp.abspath(osp.expanduser(str(config_file or default_config_file(weights))))
+
+
+def model_files(weights, config_file=''):
+    """``{path: what it is}`` of the files :func:`load_trained_alfo` reads (for
+    :func:`~alfo_torchreid.utils.own_inputs.refuse_writing_over_inputs`)."""
+    weights, config_file = _model_paths(weights, config_file)
+    return {weights: 'the weights', config_file: 'the config'}
+
+
 def load_trained_alfo(weights, config_file='', trust=False, device=None):
     """Loads an ALFO checkpoint written by ``tools/main.py`` for inference.
 
@@ -106,8 +120,7 @@ def load_trained_alfo(weights, config_file='', trust=False, device=None):
     Raises:
         CheckpointError, ConfigError: naming the file and what is wrong.
     """
-    weights = osp.abspath(osp.expanduser(str(weights)))
-    config_file = osp.abspath(osp.expanduser(str(config_file or default_config_file(weights))))
+    weights, config_file = _model_paths(weights, config_file)
     checkpoint = checkpoints.load_checkpoint(weights, trust)
     signature = checkpoint.get('signature') if isinstance(checkpoint, dict) else None
     if not signature or 'schema' not in signature:
@@ -272,6 +285,11 @@ def predict_image(trained, path):
 # -- output files -------------------------------------------------------------
 
 FEATURES_FILE, INDEX_FILE, JSONL_FILE = 'features.npy', 'index.csv', 'predictions.jsonl'
+
+
+def prediction_files(out_dir):
+    """The files :func:`write_predictions` writes into ``out_dir``."""
+    return [osp.join(out_dir, name) for name in (FEATURES_FILE, INDEX_FILE, JSONL_FILE)]
 
 
 def write_predictions(out_dir, predictions, schema):

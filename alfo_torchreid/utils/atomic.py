@@ -8,7 +8,11 @@ any folder made for it) is removed and the destination is left as it was.
 """
 import contextlib
 import os
+import re
 import secrets
+
+# the name of a PartialFile, and nothing else: '.<name of dest>.<12 hex digits>.part'
+PARTIAL_NAME = re.compile(r'\..+\.[0-9a-f]{12}\.part')
 
 
 class PartialFile:
@@ -28,7 +32,8 @@ class PartialFile:
 
     Attributes:
         dest (str): the absolute path of the destination.
-        path (str): the temporary file, ``.<name of dest>.<12 hex digits>.part``.
+        path (str): the temporary file, ``.<name of dest>.<12 hex digits>.part``
+            (:data:`PARTIAL_NAME`).
         file: the temporary file, open for binary writing.
 
     Raises:

@@ -4,8 +4,11 @@ Each names the file or value at fault and what was expected. The command-line
 tools run through :func:`run_command`, which prints an :class:`AlfoError` as
 one line and exits with status 2.
 """
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 
 class AlfoError(Exception):
@@ -57,6 +60,33 @@ class ExportError(AlfoError):
     export format whose libraries are missing."""
 
 
+class OutputError(AlfoError, ValueError):
+    """An output path that would write over one of the command's own inputs."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by ``timeout``, schedulers, torchrun), raised in the main
+    thread so that it ends a tool as Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Raises :class:`Terminated` on SIGTERM within the ``with`` block (in the
+    main thread; elsewhere Python cannot handle signals and nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:  # None: a handler set outside Python, which cannot be put back but as the default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def run_command(action, debug=False, interrupted='interrupted: what was saved is kept'):
     """Runs a command-line tool's ``action()`` and returns the tool's exit status.
 
@@ -73,20 +103,23 @@ def run_command(action, debug=False, interrupted='interrupted: what was saved is
         or an ``OSError`` from the file system, after printing ``error:
         <message>`` as one line on stderr (stdout is flushed first; in a
         process of a torchrun job of several, ``error: [rank R of W] <message>``);
-        130 on Ctrl-C, after printing the ``interrupted`` line on stderr.
+        130 on Ctrl-C (SIGINT) and 143 on SIGTERM (128 + the signal's number, as
+        a shell reports it), after printing the ``interrupted`` line on stderr:
+        both stop the tool the same way, keeping every file saved so far.
     """
     try:
-        action()
+        with sigterm_as_interrupt():
+            action()
     except (AlfoError, OSError) as exc:
         if debug:
             raise
         sys.stdout.flush()
         print(f'error: {_rank_prefix()}{one_line(exc)}', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         sys.stdout.flush()
         print(interrupted, file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     return 0
 
 

@@ -1,23 +1,28 @@
 """A run folder (``data.save_dir``) that one run owns at a time.
 
-:class:`RunFolder` creates the folder, takes an advisory ``fcntl`` lock on
+:class:`RunFolder` creates the folder and takes an advisory ``fcntl`` lock on
 ``<folder>/.lock`` for the run's lifetime (the OS releases it when the
 process ends, killed or not, so a dead run never blocks the next; a second
-run on a locked folder is refused, naming the holder's pid), and removes the
-hidden ``.part`` files that a run killed while saving left behind.
+run on a locked folder is refused, naming the holder's pid). Once the run has
+passed its checks, :meth:`RunFolder.remove_stale_partial_files` removes the
+hidden ``.part`` files that a run killed while saving left behind, in the
+folders a run writes. A gallery
+index folder is locked the same way.
 
 :func:`read_history` reads ``history.jsonl``, dropping a torn last line;
 :func:`restore_history` makes it end at the checkpoint a run resumes from.
 """
+import contextlib
 import fcntl
 import glob
 import json
 import os
 import os.path as osp
+import stat
 import time
 import warnings
 
-from alfo_torchreid.utils.atomic import write_file
+from alfo_torchreid.utils.atomic import PARTIAL_NAME, write_file
 from alfo_torchreid.utils.errors import RunFolderError
 
 LOCK = '.lock'
@@ -31,21 +36,31 @@ class RunFolderInUse(RunFolderError):
 class RunFolder:
     """Owns ``path`` while the ``with`` block runs.
 
+    Args:
+        path (str): the folder; made when missing.
+        kind, option, user (str): the words of the error messages: what the
+            folder is, the option that names it and what uses it (a run
+            folder's ``'run folder'``, ``'data.save_dir'``, ``'run'``).
+
+    Attributes:
+        locked_at (float): when the lock was taken (seconds since the epoch).
+
     Raises (on entering):
         RunFolderError: ``path`` is empty, cannot be created or written to.
-        RunFolderInUse: another run holds the lock.
+        RunFolderInUse: another process holds the lock.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, kind='run folder', option='data.save_dir', user='run'):
         if not str(path).strip():
-            raise RunFolderError('data.save_dir is empty: name the folder the run writes to')
+            raise RunFolderError(f'{option} is empty: name the folder the {user} writes to')
         self.path = osp.abspath(osp.expanduser(str(path)))
+        self.kind, self.option, self.user = kind, option, user
+        self.locked_at = None
         self._lock = None
 
     def __enter__(self):
-        started = time.time()
+        self.locked_at = time.time()
         self._lock = self._acquire()
-        self.remove_stale_partial_files(before=started)
         return self
 
     def __exit__(self, *exc_info):
@@ -57,8 +72,8 @@ class RunFolder:
             os.makedirs(self.path, exist_ok=True)
             lock = open(osp.join(self.path, LOCK), 'a+')
         except OSError as exc:
-            raise RunFolderError(f'cannot use "{self.path}" as the run folder (data.save_dir): '
-                              f'{exc.strerror or exc}') from None
+            raise RunFolderError(f'cannot use "{self.path}" as the {self.kind} ({self.option}): '
+                                 f'{exc.strerror or exc}') from None
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -66,34 +81,59 @@ class RunFolder:
             holder = lock.read().strip() or 'unknown'
             lock.close()
             raise RunFolderInUse(
-                f'run folder "{self.path}" is in use by another run (pid {holder}): wait for '
-                'it to end, or give this run another data.save_dir') from None
+                f'{self.kind} "{self.path}" is in use by another {self.user} (pid {holder}): '
+                f'wait for it to end, or give this {self.user} another {self.option}') from None
         lock.seek(0)
         lock.truncate()
         lock.write(str(os.getpid()))
         lock.flush()
         return lock
 
-    def remove_stale_partial_files(self, before):
-        """Removes ``.*.part`` files (:class:`alfo_torchreid.utils.atomic.PartialFile`)
-        last written before ``before`` (seconds since the epoch): a run holding
-        the folder writes only its own, so older ones belong to a dead run.
+    def remove_stale_partial_files(self, subfolders=(), before=None):
+        """Removes the temporary files of :class:`alfo_torchreid.utils.atomic.PartialFile`
+        (named as :data:`~alfo_torchreid.utils.atomic.PARTIAL_NAME`, regular files,
+        nothing else) last written before ``before`` (seconds since the epoch;
+        default :attr:`locked_at`): a process holding the folder writes only its
+        own, so older ones belong to a dead one. Call it holding the lock, once
+        the run has passed its checks: a refused run removes nothing.
+
+        Only the folder itself and its ``subfolders`` (names or glob patterns:
+        the folders the process writes into) are searched, never deeper, never
+        through a symbolic link, nor a subfolder locked on its own.
+
+        Args:
+            subfolders (tuple of str): e.g. a run's ``('model', 'visrank_*')``.
 
         Returns:
             list of the removed paths.
         """
+        before = self.locked_at if before is None else before
+        folders = [self.path] + [
+            folder for pattern in subfolders for folder in sorted(glob.glob(
+                osp.join(glob.escape(self.path), pattern)))
+            if not osp.islink(folder) and osp.isdir(folder) and
+            not osp.lexists(osp.join(folder, LOCK))]
         removed = []
-        for path in glob.glob(osp.join(self.path, '**', '.*.part'), recursive=True):
-            try:
-                if osp.getmtime(path) < before:
-                    os.remove(path)
-                    removed.append(path)
-            except FileNotFoundError:
-                pass
+        for folder in folders:
+            for name in sorted(os.listdir(folder)):
+                path = osp.join(folder, name)
+                if PARTIAL_NAME.fullmatch(name) and _written_before(path, before):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+                        removed.append(path)
         if removed:
             print(f'Removed {len(removed)} unfinished file(s) of an interrupted save: '
                   f'{", ".join(osp.relpath(p, self.path) for p in removed)}')
         return removed
+
+
+def _written_before(path, before):
+    """Whether ``path`` is a regular file (not a link) last modified before ``before``."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_mtime < before
 
 
 def read_history(save_dir):

@@ -1,6 +1,7 @@
 """tools/export.py and alfo_torchreid.serving.export: ONNX and TorchScript, checked
 against PyTorch."""
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -76,6 +77,20 @@ def test_an_export_that_differs_is_not_written(trained_alfo, tmp_path, monkeypat
     with pytest.raises(ExportError, match=r'differs from PyTorch by 2\.0\de-04 \(> 0\.0001'):
         export.export_model(trained_alfo, 'torchscript', tmp_path / 'alfo.pt')
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('out', ['model/model.pth.tar-1', 'config.yaml'])
+def test_an_export_never_writes_over_its_weights_or_config(alfo_weights, tmp_path, capsys, out):
+    run = tmp_path / 'run'
+    shutil.copytree(alfo_weights.parent.parent, run)
+    before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
+    status = load_tool('export').main(['--weights', str(run / 'model' / alfo_weights.name),
+                                       '--out', str(run / out)])
+    what = 'the config' if out == 'config.yaml' else 'the weights'
+    assert status == 2 and capsys.readouterr().err.strip() == (
+        f'error: --out would write "{run / out}" over {what} "{run / out}", which this command '
+        'reads: give another --out')
+    assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == before
 
 
 def test_missing_onnxruntime_names_the_extra(monkeypatch):

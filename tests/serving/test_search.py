@@ -162,6 +162,85 @@ def test_update_extracts_only_new_and_changed_images(trained_alfo, toy_root, tmp
     assert second.backend == 'torch'  # kept from the first build
 
 
+def test_an_update_removes_only_the_files_its_index_listed(index, trained_alfo, toy_root,
+                                                           tmp_path):
+    folder = tmp_path / 'index'
+    shutil.copytree(index.folder, folder)
+    listed = set(index.meta['files'].values())
+    mine = [folder / 'features-deadbeef.npy', folder / 'items-0badc0de.csv']  # a user's
+    for path in mine:
+        path.write_bytes(b'not an index generation')
+    updated, _ = gallery_index.build_index(folder, trained_alfo,
+                                           [market_split(toy_root, 'bounding_box_test')])
+    names = {p.name for p in folder.iterdir()}
+    assert all(path.read_bytes() == b'not an index generation' for path in mine)
+    assert not names & listed  # the old generation is gone
+    assert names == {'index.json', '.lock', *(p.name for p in mine),
+                     *updated.meta['files'].values()}
+
+
+def test_an_interrupted_update_leaves_nothing_behind(index, trained_alfo, toy_root, tmp_path,
+                                                    monkeypatch):
+    folder, gallery = tmp_path / 'index', market_split(toy_root, 'bounding_box_test')
+    shutil.copytree(index.folder, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_write_file = gallery_index.write_file
+
+    def full_disk_at_index_json(dest, data):
+        if dest.endswith('index.json'):
+            raise OSError(28, 'No space left on device', dest)
+        return real_write_file(dest, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gallery_index, 'write_file', full_disk_at_index_json)
+        with pytest.raises(OSError):
+            gallery_index.build_index(folder, trained_alfo, [gallery])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # a kill (SIGKILL) between the generation's files and index.json, and in a write
+    orphans = ['features-0000aaaa.npy', 'items-0000aaaa.csv']
+    for name in orphans:
+        (folder / name).write_bytes(b'an unfinished generation')
+    (folder / '.generation.json').write_text(json.dumps(orphans))
+    partial = folder / '.attributes-0000aaaa.npy.0123456789ab.part'
+    partial.write_bytes(b'half')
+    os.utime(partial, (1, 1))
+    mine = folder / 'attributes-1111bbbb.npy'  # a user's, named like a generation file
+    mine.write_bytes(b'mine')
+    updated, _ = gallery_index.build_index(folder, trained_alfo, [gallery])
+    assert {p.name for p in folder.iterdir()} == {'index.json', '.lock', mine.name,
+                                                  *updated.meta['files'].values()}
+
+
+def test_a_second_update_of_a_locked_index_folder_names_the_holder(alfo_weights, toy_root,
+                                                                   tmp_path, capsys):
+    from alfo_torchreid.utils.run_folder import RunFolder
+    folder = tmp_path / 'index'
+    with RunFolder(folder, 'gallery index folder', '--out', 'index update'):  # the first
+        status, _, err = run_search(capsys, 'index', '--weights', alfo_weights,
+                                    market_split(toy_root, 'query'), '--out', folder)
+    assert status == 2 and err.strip() == (
+        f'error: gallery index folder "{folder}" is in use by another index update (pid '
+        f'{os.getpid()}): wait for it to end, or give this index update another --out')
+    assert not (folder / 'index.json').exists()
+
+
+@pytest.mark.parametrize('out', ['index.png', 'query.jpg'])
+def test_a_query_never_writes_over_its_index_or_its_photo(index, toy_root, tmp_path, capsys,
+                                                           out):
+    folder, query = tmp_path / 'index', tmp_path / 'query.jpg'
+    shutil.copytree(index.folder, folder)
+    shutil.copy(query_image(toy_root), query)
+    before = {p: p.read_bytes() for p in (*folder.iterdir(), query)}
+    out = folder / out if out == 'index.png' else query  # index.png puts its JSON on index.json
+    status, _, err = run_search(capsys, 'query', folder, query, '--out', out)
+    written = folder / 'index.json' if out.suffix == '.png' else query
+    assert status == 2 and err.strip().splitlines() == [
+        f'error: --out would write "{written}" over '
+        f'{"a file of the gallery index" if written != query else "the query image"} '
+        f'"{written}", which this command reads: give another --out'], err
+    assert {p: p.read_bytes() for p in before} == before
+
+
 # -- backends, on synthetic features --------------------------------------------
 
 def clustered(num, dim=64, seed=0):
