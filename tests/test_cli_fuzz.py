@@ -16,6 +16,7 @@ import json
 import random
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml

@@ -84,10 +84,10 @@ def test_an_export_never_writes_over_its_weights_or_config(alfo_weights, tmp_pat
     run = tmp_path / 'run'
     shutil.copytree(alfo_weights.parent.parent, run)
     before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
-    status = load_tool('export').main(['--weights', str(run / 'model' / alfo_weights.name),
-                                       '--out', str(run / out)])
+    status, _, err = run_tool('export', '--weights', run / 'model' / alfo_weights.name,
+                              '--out', run / out)
     what = 'the config' if out == 'config.yaml' else 'the weights'
-    assert status == 2 and capsys.readouterr().err.strip() == (
+    assert status == 2 and err.strip() == (
         f'error: --out would write "{run / out}" over {what} "{run / out}", which this command '
         'reads: give another --out')
     assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == before

@@ -216,7 +216,7 @@ def test_a_second_update_of_a_locked_index_folder_names_the_holder(alfo_weights,
     from alfo_torchreid.utils.run_folder import RunFolder
     folder = tmp_path / 'index'
     with RunFolder(folder, 'gallery index folder', '--out', 'index update'):  # the first
-        status, _, err = run_search(capsys, 'index', '--weights', alfo_weights,
+        status, _, err = run_tool('search', 'index', '--weights', alfo_weights,
                                     market_split(toy_root, 'query'), '--out', folder)
     assert status == 2 and err.strip() == (
         f'error: gallery index folder "{folder}" is in use by another index update (pid '
@@ -232,7 +232,7 @@ def test_a_query_never_writes_over_its_index_or_its_photo(index, toy_root, tmp_p
     shutil.copy(query_image(toy_root), query)
     before = {p: p.read_bytes() for p in (*folder.iterdir(), query)}
     out = folder / out if out == 'index.png' else query  # index.png puts its JSON on index.json
-    status, _, err = run_search(capsys, 'query', folder, query, '--out', out)
+    status, _, err = run_tool('search', 'query', folder, query, '--out', out)
     written = folder / 'index.json' if out.suffix == '.png' else query
     assert status == 2 and err.strip().splitlines() == [
         f'error: --out would write "{written}" over '
