@@ -12,6 +12,7 @@ from PIL import Image
 
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
 from alfo_torchreid.evaluation import rank_grid
+from alfo_torchreid.evaluation.rank_grid import draw_grid
 from alfo_torchreid.evaluation.attribute_match import (attribute_disagreement, parse_where,
                                                        where_mask)
 from alfo_torchreid.serving import gallery_index, inference, search
@@ -52,13 +53,17 @@ def query_image(toy_root):
 
 
 def test_query_round_trip_filters_ranks_and_frames(index, trained_alfo, toy_root, tmp_path,
-                                                   capsys):
+                                                   capsys, monkeypatch):
     query = query_image(toy_root)
-    png = tmp_path / 'grid.png'
+    folder = tmp_path / 'searches'
+    drawn = []
+    monkeypatch.setattr(rank_grid, 'draw_grid',
+                        lambda layout, out: drawn.append(layout) or draw_grid(layout, out))
     status, out, err = run_search(capsys, 'query', index.folder, query, '--top', '30',
-                                  '--where', 'gender=female', '--out', png)
+                                  '--where', 'gender=female', '--out', folder)
     assert status == 0, err
-    result = json.loads(png.with_suffix('.json').read_text())
+    png, ranking = folder / f'{query.stem}.png', folder / f'{query.stem}.json'
+    result = json.loads(ranking.read_text())
     rows = [hit['row'] for hit in result['hits']]
     female = index.attributes[:, columns('gender')].argmax(1) == 1
     assert 0 < female.sum() < len(female)  # the filter has something to do
@@ -69,23 +74,78 @@ def test_query_round_trip_filters_ranks_and_frames(index, trained_alfo, toy_root
     distances = ((np.asarray(index.features)[rows] - feature) ** 2).sum(1)
     np.testing.assert_allclose([h['distance'] for h in result['hits']], distances, rtol=1e-4)
     assert np.all(np.diff(distances) >= -1e-3 * distances.max())
-    assert f'{len(rows)} results; grid written to "{png}"' in out
-    # frames: green for the query's person, red for others (the file names carry ids)
+    found = f'{len(rows)} results; {len(rows)} of {len(female)} items pass --where "gender=female"'
+    assert out.strip().splitlines()[-1] == f'{found}; picture "{png}", ranking "{ranking}"'
+    assert (result['passed'], result['items']) == (len(rows), len(female))
+    # the picture names the filter; frames: green for the query's person, red for others
+    (layout,) = drawn
+    assert ''.join(text for text, _ in layout.title).replace(' ', '') == found.replace(' ', '')
     grid = Image.open(png).convert('RGB')
+    assert grid.size == layout.size
     query_id = rank_grid.person_id(str(query))
-    cell_height = rank_grid.IMAGE_SIZE[1] + 2 * rank_grid.FRAME + 4 + \
-        rank_grid.CAPTION_LINES * rank_grid.LINE_HEIGHT
     left = (rank_grid.CELL_WIDTH - rank_grid.IMAGE_SIZE[0]) // 2 - rank_grid.FRAME
     frames = []
-    for cell, hit in enumerate(result['hits'], 1):
-        x = (cell % rank_grid.MAX_COLUMNS) * rank_grid.CELL_WIDTH + left
-        y = (cell // rank_grid.MAX_COLUMNS) * cell_height
+    for cell, hit in zip(layout.cells[1:], result['hits']):
+        assert cell.path == hit['path']
         pid = rank_grid.person_id(hit['path'])
         expected = rank_grid.GREY if pid is None else \
             rank_grid.GREEN if pid == query_id else rank_grid.RED
-        assert grid.getpixel((x + 1, y + 1)) == expected, hit['path']
+        assert grid.getpixel((cell.x + left + 1, cell.y + 1)) == expected, hit['path']
         frames.append(expected)
     assert rank_grid.GREEN in frames and rank_grid.RED in frames
+    # a second query into the same folder is no error
+    assert run_search(capsys, 'query', index.folder, query, '--out', folder)[0] == 0
+
+
+def test_query_writes_nothing_without_out(index, toy_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_search(capsys, 'query', index.folder, query_image(toy_root),
+                                  '--top', '5')
+    assert status == 0, err
+    assert out.strip().splitlines()[-1] == \
+        f'5 results of {len(index.paths)} items (--out FOLDER writes the picture and the ranking)'
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_names_a_folder_not_a_file(index, toy_root, tmp_path, capsys):
+    taken = tmp_path / 'grid.png'
+    taken.write_bytes(b'kept')
+    status, _, err = run_search(capsys, 'query', index.folder, query_image(toy_root),
+                                '--out', taken)
+    assert status == 2 and taken.read_bytes() == b'kept'
+    assert err.strip() == f'error: --out "{taken}" is a file; expected a folder for the ' \
+        'picture and the ranking'
+
+
+def test_a_filter_nobody_passes_is_said_with_its_count(index, toy_root, tmp_path, capsys,
+                                                       monkeypatch):
+    where = 'gender=male,gender=female'  # no one is both
+    drawn = []
+    monkeypatch.setattr(rank_grid, 'draw_grid', lambda layout, out: drawn.append(layout))
+    status, out, err = run_search(capsys, 'query', index.folder, query_image(toy_root),
+                                  '--where', where, '--out', tmp_path)
+    assert status == 0, err
+    found = f'0 results; 0 of {len(index.paths)} items pass --where "{where}"'
+    assert out.strip().splitlines()[-1].startswith(found + '; picture')
+    assert ''.join(text for text, _ in drawn[0].title).replace(' ', '') == found.replace(' ', '')
+    assert len(drawn[0].cells) == 1  # the query alone
+
+
+def test_captions_wrap_to_the_cell_and_lose_no_word():
+    line = 'up black down white backpack handbag clothes hat downpurple'
+    layout = rank_grid.grid_layout('q.jpg', ['female young'], [('g.jpg', [line])],
+                                   'where gender=female,backpack=yes: 1 of 12 items pass')
+    measure = rank_grid.ImageFont.load_default(size=rank_grid.FONT_SIZE).getlength
+    width = rank_grid.CELL_WIDTH - 2 * rank_grid.MARGIN
+    lines = [text for text, _ in layout.cells[1].lines]
+    assert len(lines) > 1 and all(measure(text) <= width for text in lines)
+    assert ' '.join(lines).split() == line.split()
+    title = ''.join(text for text, _ in layout.title)
+    assert title.replace(' ', '') == 'wheregender=female,backpack=yes:1of12itemspass'
+
+    # the row is as tall as its longest caption
+    assert layout.size[1] == layout.cells[0].y + rank_grid.IMAGE_SIZE[1] + 2 * rank_grid.FRAME \
+        + 4 + len(lines) * rank_grid.LINE_HEIGHT
 
 
 def test_colour_group_filter_uses_the_argmax_colour(index):

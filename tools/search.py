@@ -6,17 +6,19 @@
         reid-data/market1501/Market-1501-v15.09.15/bounding_box_test --out gallery-index
     # the 20 nearest crops to a query, only those predicted female with a backpack
     python tools/search.py query gallery-index query.jpg --top 20 \\
-        --where "gender=female,backpack=yes,upcolour=red"
+        --where "gender=female,backpack=yes,upcolour=red" --out searches
     # re-ranked: re-ID distance + attribute disagreement
     python tools/search.py query gallery-index query.jpg --attr-weight 0.5
 
-A query prints the ranking and writes a PNG grid of the top crops (captioned
-with distance and predicted attributes, true matches framed green when file
-names carry person ids) and the ranking as JSON beside it.
+A query prints the ranking; with --out FOLDER it also writes there a PNG grid
+of the top crops (captioned with distance and predicted attributes, true
+matches framed green when file names carry person ids), <query name>.png, and
+the ranking as JSON, <query name>.json. Nothing is written without --out.
 """
 import argparse
 import json
 import logging
+import os
 import os.path as osp
 import sys
 
@@ -24,7 +26,8 @@ from alfo_torchreid.evaluation import rank_grid
 from alfo_torchreid.evaluation.attribute_match import (format_prediction, named_predictions,
                                                        parse_where)
 from alfo_torchreid.serving import gallery_index, inference, search
-from alfo_torchreid.utils.errors import run_command
+from alfo_torchreid.utils.atomic import write_file
+from alfo_torchreid.utils.errors import SearchError, run_command
 
 
 def build_parser():
@@ -51,8 +54,9 @@ def build_parser():
     query.add_argument('--attr-weight', type=float, default=0.0,
                        help='re-rank: add this times the query\'s median distance times '
                             'the attribute disagreement (0..1)')
-    query.add_argument('--out', default='', help='PNG of the top crops (default: '
-                       'search-<query name>.png); the ranking goes beside it as .json')
+    query.add_argument('--out', default='', help='folder for <query name>.png, the top crops, '
+                       'and <query name>.json, the ranking (default: none, the ranking is '
+                       'only printed)')
     inference.add_model_arguments(query, weights_default="the index's")
     return parser
 
@@ -69,6 +73,7 @@ def build_index(args):
 def query_index(args):
     index = gallery_index.load_index(args.index)
     where = parse_where(args.where, index.schema) if args.where else None
+    files = query_files(args.out, args.query) if args.out else None
     trained = inference.load_trained_alfo(args.weights or index.meta['weights'],
                                           args.config or ('' if args.weights else
                                                           index.meta['config']),
@@ -87,15 +92,35 @@ def query_index(args):
     for hit, prediction in zip(hits, named):
         print(f'{hit.rank:3d}  {hit.distance:10.4f}  {hit.path}  '
               f'{" / ".join(rank_grid.attribute_summary(prediction, index.schema))}')
-    out = args.out or f'search-{osp.splitext(osp.basename(args.query))[0]}.png'
+    allowed = search.allowed_items(index, where)
+    passed = len(index.paths) if allowed is None else int(allowed.sum())
+    found = (f'{len(hits)} results; {passed} of {len(index.paths)} items pass '
+             f'--where "{args.where}"' if where else
+             f'{len(hits)} results of {len(index.paths)} items')
+    if files is None:
+        print(f'{found} (--out FOLDER writes the picture and the ranking)')
+        return
+    png, ranking = files
     rank_grid.draw_ranking(query_path, query_named,
                            [(h.path, h.distance, p) for h, p in zip(hits, named)],
-                           index.schema, out)
-    with open(osp.splitext(out)[0] + '.json', 'w') as f:
-        json.dump({'query': query_path, 'where': args.where, 'attr_weight': args.attr_weight,
-                   'hits': [dict(vars(h), attributes={n: list(v) for n, v in p.items()})
-                            for h, p in zip(hits, named)]}, f, indent=1)
-    print(f'{len(hits)} results; grid written to "{out}"')
+                           index.schema, png, title=found)
+    write_file(ranking, json.dumps(
+        {'query': query_path, 'where': args.where, 'passed': passed, 'items': len(index.paths),
+         'attr_weight': args.attr_weight,
+         'hits': [dict(vars(h), attributes={n: list(v) for n, v in p.items()})
+                  for h, p in zip(hits, named)]}, indent=1).encode())
+    print(f'{found}; picture "{png}", ranking "{ranking}"')
+
+
+def query_files(folder, query_path):
+    """The picture and the ranking of a query in the ``--out`` folder (made if
+    missing): ``<folder>/<query name>.png`` and ``.json``."""
+    if osp.exists(folder) and not osp.isdir(folder):
+        raise SearchError(f'--out "{folder}" is a file; expected a folder for the picture and '
+                          'the ranking')
+    os.makedirs(folder, exist_ok=True)
+    stem = osp.join(folder, osp.splitext(osp.basename(query_path))[0])
+    return stem + '.png', stem + '.json'
 
 
 def main(argv=None):
