@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from alfo_run import market_split
 
+from alfo_torchreid import config
 from alfo_torchreid.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,14 +50,17 @@ def metrics(save_dir):
 
 
 @pytest.fixture(scope='module')
-def runs(toy_root, module_tmp):
-    """One-epoch ALFO and PCB runs on the toy tree: {'alfo': dir, 'pcb': dir}."""
+def trainings(toy_root, module_tmp):
+    """One-epoch ALFO and PCB runs on the toy tree: {'alfo': (dir, CompletedProcess), ...}."""
     base = module_tmp('runs')
-    out = {}
-    for name in ('alfo', 'pcb'):
-        train(f'{name}_toy.yaml', toy_root, base / name)
-        out[name] = base / name
-    return out
+    return {name: (base / name, train(f'{name}_toy.yaml', toy_root, base / name))
+            for name in ('alfo', 'pcb')}
+
+
+@pytest.fixture(scope='module')
+def runs(trainings):
+    """The run folders of :func:`trainings`: {'alfo': dir, 'pcb': dir}."""
+    return {name: run for name, (run, _) in trainings.items()}
 
 
 @pytest.mark.parametrize('name', ['alfo', 'pcb'])
@@ -71,6 +76,32 @@ def test_run_writes_metrics_checkpoint_and_logs(runs, name):
     assert 'Rank-1' in (run / 'train.log').read_text()
     assert any(p.name.startswith('events.out.tfevents') for p in run.iterdir())
     assert ('attributes' in reid) == (name == 'alfo')
+
+
+@pytest.mark.parametrize('name', ['alfo', 'pcb'])
+def test_a_run_prints_no_config_and_ends_with_its_summary(trainings, name):
+    run, proc = trainings[name]
+    log = (run / 'train.log').read_text()
+    for noisy in ('Config:\n', 'subset   | # ids', 'Building train transforms'):
+        assert noisy not in proc.stdout and noisy in log
+    assert proc.stdout.splitlines()[0].startswith(
+        'Data: market1501_attr, 40 identities, 320 training images; testing on market1501_attr')
+    reid = metrics(run)['results']['market1501_attr']
+    figures = f'Rank-1 {100 * reid["rank1"]:.1f}%, mAP {100 * reid["mAP"]:.1f}%' + (
+        f', mA {100 * reid["attributes"]["mA"]:.1f}%' if name == 'alfo' else '')
+    last = proc.stdout.splitlines()[-1]
+    assert re.fullmatch(rf'Done: market1501_attr {re.escape(figures)}; 1 epoch, '
+                        rf'\d+:\d\d:\d\d; "{re.escape(str(run))}"', last), last
+    assert log.splitlines()[-1] == last
+
+
+def test_default_workers_do_not_exceed_the_cores(monkeypatch):
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
+    assert config.get_default_config().data.workers == 2
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(64)), raising=False)
+    assert config.get_default_config().data.workers == 4
+    for name in ('alfo_market', 'alfo_duke', 'pcb_market', 'pcb_duke'):  # none overrides it
+        assert 'workers' not in (REPO / 'configs' / f'{name}.yaml').read_text()
 
 
 @pytest.fixture(scope='module')
@@ -123,6 +154,9 @@ def test_visrank_keeps_the_attribute_metrics_and_captions_every_crop(runs, evalu
 
 @pytest.mark.parametrize('args, message', [
     (['alfo.nope', '1'], 'error: unknown config key: alfo.nope'),
+    (['train.max_epochs', '3'],
+     'error: unknown config key: train.max_epochs; did you mean train.max_epoch? (in the '
+     'command line)'),
     (['alfo.focal_gamma', '-0.5'], 'error: alfo.focal_gamma must be >= 0, got -0.5'),
     (['data.root', '/nonexistent-root'],
      'error: dataset folder "/nonexistent-root/market1501" for market1501_attr does not exist'),
@@ -136,6 +170,23 @@ def test_bad_input_ends_with_one_line_and_status_2(toy_root, tmp_path, capsys, a
     assert status == 2
     assert 'Traceback' not in err
     assert err.strip().splitlines()[-1].startswith(message), err
+
+
+def test_an_unknown_key_names_the_nearest_known_ones(tmp_path):
+    config_file = tmp_path / 'typo.yaml'
+    config_file.write_text('train:\n  max_epochs: 3\n')
+    with pytest.raises(ConfigError) as error:
+        config.load_config(config_file)
+    assert str(error.value) == ('unknown config key: train.max_epochs; did you mean '
+                                f'train.max_epoch? (in "{config_file}")')
+    for key, meant in (('max_epoch', 'train.max_epoch'), ('trian.lr', 'train.lr'),
+                       ('batch_sizes', 'test.batch_size or train.batch_size'),
+                       ('alfo.num_part', 'alfo.num_parts')):
+        with pytest.raises(ConfigError, match=rf'^unknown config key: {key}; did you mean '
+                                              rf'{meant}\? \(in the command line\)$'):
+            config.load_config('', [key, '1'])
+    # nothing near enough: no guess ("nope" is not "vote")
+    assert config.nearest_keys('alfo.nope', config.flatten(config.get_config())) == []
 
 
 def test_a_process_with_bad_input_exits_2_with_one_line(tmp_path):

@@ -27,15 +27,18 @@ from alfo_torchreid.evaluation.attribute_match import (format_prediction, named_
                                                        parse_where)
 from alfo_torchreid.serving import gallery_index, inference, search
 from alfo_torchreid.utils.atomic import write_file
+from alfo_torchreid.utils.cli import HelpFormatter
 from alfo_torchreid.utils.errors import SearchError, run_command
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     formatter_class=HelpFormatter,
                                      epilog=__doc__.split('\n\n', 1)[1])
-    commands = parser.add_subparsers(dest='command', required=True)
-    index = commands.add_parser('index', help='build or update a gallery index')
+    commands = parser.add_subparsers(dest='command', required=True,
+                                     help='index: build or update; query: search it')
+    index = commands.add_parser('index', help='build or update a gallery index',
+                                formatter_class=HelpFormatter)
     index.add_argument('gallery', nargs='+', help='image files and folders of the gallery')
     inference.add_model_arguments(index)
     index.add_argument('--out', required=True, help='the index folder')
@@ -43,12 +46,13 @@ def build_parser():
                        help="default: the index's; for a new one faiss-ivfpq from "
                             f'{search.AUTO_IVFPQ_ITEMS:,} images on when FAISS is '
                             'installed, else torch')
-    index.add_argument('--batch-size', type=int, default=64)
+    index.add_argument('--batch-size', type=int, default=64, help='images per forward pass')
     index.add_argument('--workers', type=int, default=0, help='image-reading processes')
-    query = commands.add_parser('query', help='rank the gallery for a query image')
+    query = commands.add_parser('query', help='rank the gallery for a query image',
+                                formatter_class=HelpFormatter)
     query.add_argument('index', help='the index folder')
     query.add_argument('query', help='the query image')
-    query.add_argument('--top', type=int, default=20)
+    query.add_argument('--top', type=int, default=20, help='items to rank')
     query.add_argument('--where', default='', help='keep only items whose predicted '
                        'attributes match, e.g. "gender=female,backpack=yes,upcolour=red"')
     query.add_argument('--attr-weight', type=float, default=0.0,

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchreid
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from alfo_torchreid.engine.precision import MixedPrecision
@@ -117,13 +118,21 @@ class ResumableEngineMixin:
         """The model being trained, unwrapped from (Distributed)DataParallel."""
         return unwrap(self.model)
 
-    def run(self, save_dir='log', **kwargs):
+    def run(self, save_dir='log', start_epoch=0, test_only=False, **kwargs):
         """torchreid's ``Engine.run``; remembers ``save_dir`` for the per-epoch
-        checkpoint. Only the main process opens TensorBoard's writer."""
+        checkpoint. Only the main process opens TensorBoard's writer; a resumed
+        run opens it with ``purge_step``, the first step it trains again
+        (torchreid's step of a batch is ``epoch * batches per epoch + batch``),
+        so that TensorBoard drops what the interrupted run logged from there on
+        instead of showing those steps twice."""
         self.save_dir = save_dir
         if not distributed.is_main_process():
             self.writer = _NoWriter()
-        return super().run(save_dir=save_dir, **kwargs)
+        elif start_epoch > 0 and not test_only and self.writer is None:
+            self.writer = SummaryWriter(log_dir=save_dir,
+                                        purge_step=start_epoch * len(self.train_loader))
+        return super().run(save_dir=save_dir, start_epoch=start_epoch, test_only=test_only,
+                           **kwargs)
 
     # -- training ---------------------------------------------------------
     def train(self, **kwargs):
