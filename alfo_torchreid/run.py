@@ -163,6 +163,8 @@ class Tee:
 
 def _run(cfg, log, verbose=False):
     started = time.monotonic()
+    if distributed.is_initialized():
+        print(distributed.job_line(cfg.train.batch_size))
     with log.log_only(not verbose):
         print(f'Config:\n{cfg}\n')
         seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
