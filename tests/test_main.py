@@ -107,20 +107,26 @@ def test_default_workers_do_not_exceed_the_cores(monkeypatch):
 @pytest.fixture(scope='module')
 def evaluation(runs, toy_root, module_tmp):
     """The README's eval-only command on a copy of the ALFO run, with visrank:
-    (run folder, its files before, CompletedProcess)."""
+    (run folder, its files before, CompletedProcess, {PNG path: the
+    :class:`~alfo_torchreid.evaluation.rank_grid.Layout` drawn})."""
+    from alfo_torchreid.evaluation import rank_grid
     run = module_tmp('evaluated') / 'alfo'
     shutil.copytree(runs['alfo'], run, ignore=shutil.ignore_patterns('latest.pth.tar'))
     before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
-    proc = main_here('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
-                     *TINY, 'data.save_dir', run, 'test.evaluate', 'True',
-                     'model.load_weights', run / 'model' / 'model.pth.tar-1',
-                     'test.visrank', 'True', 'test.visrank_topk', '3')
+    layouts, draw_grid = {}, rank_grid.draw_grid
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rank_grid, 'draw_grid', lambda layout, out: layouts.update({out: layout})
+                      or draw_grid(layout, out))
+        proc = main_here('--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root',
+                         toy_root, *TINY, 'data.save_dir', run, 'test.evaluate', 'True',
+                         'model.load_weights', run / 'model' / 'model.pth.tar-1',
+                         'test.visrank', 'True', 'test.visrank_topk', '3')
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run, before, proc
+    return run, before, proc, layouts
 
 
 def test_eval_only_reproduces_the_final_test_in_its_own_folder(runs, evaluation):
-    run, before, _ = evaluation
+    run, before, _, _ = evaluation
     trained = metrics(runs['alfo'])['results']['market1501_attr']
     result = metrics(run / 'eval-model.pth.tar-1')
     again = result['results']['market1501_attr']
@@ -138,7 +144,7 @@ def test_visrank_keeps_the_attribute_metrics_and_captions_every_crop(runs, evalu
     from PIL import Image
 
     from alfo_torchreid.evaluation import rank_grid
-    run, _, proc = evaluation
+    run, _, proc, _ = evaluation
     trained = metrics(runs['alfo'])['results']['market1501_attr']
     again = metrics(run / 'eval-model.pth.tar-1')['results']['market1501_attr']
     assert again['attributes']['mA'] == pytest.approx(trained['attributes']['mA'], abs=1e-6)
@@ -150,6 +156,37 @@ def test_visrank_keeps_the_attribute_metrics_and_captions_every_crop(runs, evalu
         assert grid.size[0] == 4 * rank_grid.CELL_WIDTH
         assert grid.size[1] > rank_grid.IMAGE_SIZE[1] + 2 * rank_grid.FRAME + \
             2 * rank_grid.LINE_HEIGHT
+
+
+def test_visrank_shows_the_true_attributes_beside_the_predicted_ones(evaluation):
+    from alfo_torchreid.evaluation import rank_grid
+    _, _, _, layouts = evaluation
+    assert layouts
+    marks = {'=': rank_grid.GREEN, 'x': rank_grid.RED}
+    seen = set()
+    for layout in layouts.values():
+        assert ' '.join(t for t, _ in layout.title).split() == rank_grid.TRUTH_LEGEND.split()
+        for cell in layout.cells[1:]:
+            predicted = ' '.join(text for text, colour in cell.lines if colour == rank_grid.BLACK)
+            truth = []  # (mark, words, colour) of each truth line, its wrapped pieces joined
+            for text, colour in cell.lines:
+                if colour == rank_grid.BLACK:
+                    continue
+                if text[:2] in ('= ', 'x ') or text == 'no true attributes':
+                    truth.append([text[0], text[2:], colour])
+                else:  # a wrapped line goes on
+                    assert colour == truth[-1][2]
+                    truth[-1][1] += ' ' + text
+            assert truth, cell.lines  # every crop shows its truth (or says it has none)
+            for mark, words, colour in truth:
+                if colour == rank_grid.GREY:
+                    assert rank_grid.person_id(cell.path) is None  # a distractor or junk
+                    continue
+                assert marks[mark] == colour
+                if mark == '=':  # agrees: the words of a predicted line
+                    assert words in predicted
+                seen.add(mark)
+    assert seen == {'=', 'x'}  # a one-epoch model gets some right and some wrong
 
 
 @pytest.mark.parametrize('args, message', [

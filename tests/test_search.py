@@ -338,3 +338,36 @@ def test_backend_choice_names_the_faiss_extra_and_the_ivfpq_minimum(monkeypatch)
     with pytest.raises(SearchError, match=r'pip install alfo-torchreid\[faiss\]'):
         search.search_settings('faiss-flat', 500)
     assert search.default_backend(10 ** 6) == 'torch'
+
+
+def test_true_attributes_are_named_and_compared_part_by_part():
+    from alfo_torchreid.evaluation.attribute_match import named_labels
+    labels = np.zeros(len(MARKET_SCHEMA), dtype=np.int64)
+    for name, label in (('gender', 1), ('age', 2), ('upred', 1), ('backpack', 1),
+                        ('hat', -1)):
+        labels[MARKET_SCHEMA.index(name)] = label
+    unknown_down = labels.copy()
+    unknown_down[MARKET_SCHEMA.index('downgray')] = -1
+    truth, partly = named_labels(np.stack([labels, unknown_down]), MARKET_SCHEMA)
+    assert truth['gender'] == ('female', 1.0) and truth['age'] == ('adult', 1.0)
+    assert truth['hat'] == ('?', 0.0) and truth['upcolour'] == ('red', 1.0)
+    assert truth['downcolour'] == ('none', 1.0)  # all known, none yes
+    assert partly['downcolour'] == ('?', 0.0)  # none yes, one unknown
+    # a prediction that gets gender and the colours wrong, the carried items right
+    prediction = dict(truth, gender=('male', 0.8), upcolour=('blue', 0.6))
+    assert rank_grid.attribute_summary(prediction, MARKET_SCHEMA) == \
+        ['male adult', 'up blue down none', 'backpack']
+    assert rank_grid.truth_lines(prediction, truth, MARKET_SCHEMA) == [
+        ('x female adult', rank_grid.RED), ('x up red down none', rank_grid.RED),
+        ('= backpack', rank_grid.GREEN)]
+    # nothing carried, truly or predicted: no line; a crop without labels: one grey line
+    nothing = dict(truth, backpack=('no', 1.0))
+    assert rank_grid.truth_lines(nothing, nothing, MARKET_SCHEMA)[-1] == \
+        ('= up red down none', rank_grid.GREEN)
+    assert rank_grid.truth_lines(prediction, None, MARKET_SCHEMA) == \
+        [('no true attributes', rank_grid.GREY)]
+    layout = rank_grid.ranking_layout('q.jpg', prediction, [('g.jpg', 1.5, prediction)],
+                                      MARKET_SCHEMA, truths=[truth])
+    assert layout.cells[1].lines[-3:] == [('x female adult', rank_grid.RED),
+                                          ('x up red down none', rank_grid.RED),
+                                          ('= backpack', rank_grid.GREEN)]

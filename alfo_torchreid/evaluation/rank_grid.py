@@ -2,7 +2,9 @@
 
 Each crop is captioned with its rank and distance and a summary of its
 predicted attributes (gender and age, the colour groups, the carried items
-and other no/yes attributes predicted yes). When the file names carry person
+and other no/yes attributes predicted yes); given its true labels (visrank),
+the truth follows, each part green where it agrees and red where it does not.
+Captions wrap to the cell, never cut. When the file names carry person
 ids (Market-1501 / DukeMTMC-reID names such as ``0002_c1s1_000451_03.jpg``),
 a crop of the query's person is framed green, one of another person red;
 grey otherwise (no id, or Market's distractor 0000 and junk -1).
@@ -27,6 +29,9 @@ FRAME = 4
 MAX_COLUMNS = 11
 SUMMARY_CLASSES = ('gender', 'age')  # shown by their class, e.g. "female adult"
 GREEN, RED, GREY, BLACK = (0, 170, 0), (210, 0, 0), (170, 170, 170), (0, 0, 0)
+# the title of a grid whose captions show the true attributes (truth_lines)
+TRUTH_LEGEND = ('under each crop: rank and distance, the predicted attributes, then the true '
+                'ones: "= ..." agrees with the prediction, "x ..." (red) does not')
 
 
 def person_id(path):
@@ -41,16 +46,40 @@ def person_id(path):
 def attribute_summary(prediction, schema):
     """Short caption lines for one image's named predictions (as
     :func:`~alfo_torchreid.evaluation.attribute_match.named_predictions` gives them)."""
+    return [line for line in _summary_groups(prediction, schema) if line]
+
+
+def _summary_groups(prediction, schema):
+    """The three parts of :func:`attribute_summary`, '' where empty: gender and
+    age, the colour forms, the no/yes attributes that are yes."""
     forms = schema.colour_forms()
     classes = ' '.join(prediction[n][0] for n in SUMMARY_CLASSES if n in prediction)
     colours = ' '.join(f'{form[:-len("colour")]} {prediction[form][0]}' for form in forms)
     worn = ' '.join(n for n in schema.names
                     if n not in schema.colour_members and n not in SUMMARY_CLASSES
                     and schema.class_names(n) == BINARY_CLASS_NAMES and prediction[n][0] == 'yes')
-    return [line for line in (classes, colours, worn) if line]
+    return classes, colours, worn
 
 
-def draw_ranking(query_path, query_prediction, hits, schema, out_path, title=''):
+def truth_lines(prediction, truth, schema):
+    """Caption lines of an image's true attributes under its predicted ones
+    (:func:`attribute_summary`), part by part: ``'= ...'`` in green where the
+    truth reads as the prediction, ``'x ...'`` in red where it does not.
+
+    Args:
+        prediction: the image's named predictions.
+        truth: its named true labels
+            (:func:`~alfo_torchreid.evaluation.attribute_match.named_labels`),
+            or None when it has none (a distractor or junk image): one grey line.
+    """
+    if truth is None:
+        return [('no true attributes', GREY)]
+    return [(f'= {true}', GREEN) if said == true else (f'x {true or "none"}', RED)
+            for said, true in zip(_summary_groups(prediction, schema),
+                                  _summary_groups(truth, schema)) if said or true]
+
+
+def draw_ranking(query_path, query_prediction, hits, schema, out_path, title='', truths=None):
     """Writes the grid of a ranked list captioned with predicted attributes.
 
     Args:
@@ -60,15 +89,22 @@ def draw_ranking(query_path, query_prediction, hits, schema, out_path, title='')
         schema: the attributes' schema.
         out_path: the PNG to write.
         title: a line above the grid (e.g. the search's filter); '' for none.
+        truths: the items' named true labels (:func:`truth_lines`; None for an
+            item without), in the order of ``hits``; None: not shown.
     """
-    draw_grid(ranking_layout(query_path, query_prediction, hits, schema, title), out_path)
+    draw_grid(ranking_layout(query_path, query_prediction, hits, schema, title, truths),
+              out_path)
 
 
-def ranking_layout(query_path, query_prediction, hits, schema, title=''):
+def ranking_layout(query_path, query_prediction, hits, schema, title='', truths=None):
     """The :class:`Layout` that :func:`draw_ranking` draws (same arguments)."""
-    return grid_layout(query_path, attribute_summary(query_prediction, schema),
-                       [(path, [f'{rank}. {distance:.4g}'] + attribute_summary(prediction, schema))
-                        for rank, (path, distance, prediction) in enumerate(hits, 1)], title)
+    captions = []
+    for rank, (path, distance, prediction) in enumerate(hits, 1):
+        caption = [f'{rank}. {distance:.4g}'] + attribute_summary(prediction, schema)
+        if truths is not None:
+            caption += truth_lines(prediction, truths[rank - 1], schema)
+        captions.append((path, caption))
+    return grid_layout(query_path, attribute_summary(query_prediction, schema), captions, title)
 
 
 @dataclass
