@@ -218,9 +218,9 @@ def _run(cfg, log, verbose=False):
 
 
 def data_line(cfg, datamanager):
-    """One line for torchreid's dataset tables (which go to the log):
+    """One line in place of torchreid's dataset tables (which go to the log):
     ``'Data: market1501_attr, 751 identities, 12,936 training images; testing on
-    market1501_attr'``."""
+    market1501_attr (config and dataset tables in the log; --verbose prints them)'``."""
     train = datamanager.train_loader.dataset
     return (f'Data: {", ".join(cfg.data.sources)}, {datamanager.num_train_pids:,} identities, '
             f'{len(train):,} training images; testing on {", ".join(cfg.data.targets)} '
