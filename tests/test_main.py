@@ -79,13 +79,17 @@ def test_run_writes_metrics_checkpoint_and_logs(runs, name):
 
 
 @pytest.mark.parametrize('name', ['alfo', 'pcb'])
-def test_a_run_prints_no_config_and_ends_with_its_summary(trainings, name):
+def test_a_run_prints_no_config_and_ends_with_its_summary(trainings, name, toy_root):
     run, proc = trainings[name]
     log = (run / 'train.log').read_text()
     for noisy in ('Config:\n', 'subset   | # ids', 'Building train transforms'):
         assert noisy not in proc.stdout and noisy in log
-    assert proc.stdout.splitlines()[0].startswith(
-        'Data: market1501_attr, 40 identities, 320 training images; testing on market1501_attr')
+    images = list(market_split(toy_root, 'bounding_box_train').glob('*.jpg'))
+    identities = {image.name.split('_')[0] for image in images}
+    assert proc.stdout.splitlines()[0] == (
+        f'Data: market1501_attr, {len(identities)} identities, {len(images)} training images; '
+        'testing on market1501_attr (config and dataset tables in the log; --verbose prints '
+        'them)')
     reid = metrics(run)['results']['market1501_attr']
     figures = f'Rank-1 {100 * reid["rank1"]:.1f}%, mAP {100 * reid["mAP"]:.1f}%' + (
         f', mA {100 * reid["attributes"]["mA"]:.1f}%' if name == 'alfo' else '')
@@ -170,9 +174,9 @@ def test_visrank_shows_the_true_attributes_beside_the_predicted_ones(evaluation)
             predicted = ' '.join(text for text, colour in cell.lines if colour == rank_grid.BLACK)
             truth = []  # (mark, words, colour) of each truth line, its wrapped pieces joined
             for text, colour in cell.lines:
-                if colour == rank_grid.BLACK:
+                if colour == rank_grid.BLACK or text == 'true:':
                     continue
-                if text[:2] in ('= ', 'x ') or text == 'no true attributes':
+                if text[:2] in ('= ', 'x ') or text == rank_grid.NO_TRUTH:
                     truth.append([text[0], text[2:], colour])
                 else:  # a wrapped line goes on
                     assert colour == truth[-1][2]
@@ -186,7 +190,7 @@ def test_visrank_shows_the_true_attributes_beside_the_predicted_ones(evaluation)
                 if mark == '=':  # agrees: the words of a predicted line
                     assert words in predicted
                 seen.add(mark)
-    assert seen == {'=', 'x'}  # a one-epoch model gets some right and some wrong
+    assert 'x' in seen  # a one-epoch model gets things wrong (the marks: test_search.py)
 
 
 @pytest.mark.parametrize('args, message', [

@@ -358,14 +358,14 @@ def test_true_attributes_are_named_and_compared_part_by_part():
     assert rank_grid.attribute_summary(prediction, MARKET_SCHEMA) == \
         ['male adult', 'up blue down none', 'backpack']
     assert rank_grid.truth_lines(prediction, truth, MARKET_SCHEMA) == [
-        ('x female adult', rank_grid.RED), ('x up red down none', rank_grid.RED),
-        ('= backpack', rank_grid.GREEN)]
+        ('true:', rank_grid.GREY), ('x female adult', rank_grid.RED),
+        ('x up red down none', rank_grid.RED), ('= backpack', rank_grid.GREEN)]
     # nothing carried, truly or predicted: no line; a crop without labels: one grey line
     nothing = dict(truth, backpack=('no', 1.0))
     assert rank_grid.truth_lines(nothing, nothing, MARKET_SCHEMA)[-1] == \
         ('= up red down none', rank_grid.GREEN)
     assert rank_grid.truth_lines(prediction, None, MARKET_SCHEMA) == \
-        [('no true attributes', rank_grid.GREY)]
+        [('true: none known', rank_grid.GREY)]
     layout = rank_grid.ranking_layout('q.jpg', prediction, [('g.jpg', 1.5, prediction)],
                                       MARKET_SCHEMA, truths=[truth])
     assert layout.cells[1].lines[-3:] == [('x female adult', rank_grid.RED),

@@ -32,6 +32,7 @@ GREEN, RED, GREY, BLACK = (0, 170, 0), (210, 0, 0), (170, 170, 170), (0, 0, 0)
 # the title of a grid whose captions show the true attributes (truth_lines)
 TRUTH_LEGEND = ('under each crop: rank and distance, the predicted attributes, then the true '
                 'ones: "= ..." agrees with the prediction, "x ..." (red) does not')
+NO_TRUTH = 'true: none known'  # the caption of a crop without labels (distractor, junk)
 
 
 def person_id(path):
@@ -63,8 +64,9 @@ def _summary_groups(prediction, schema):
 
 def truth_lines(prediction, truth, schema):
     """Caption lines of an image's true attributes under its predicted ones
-    (:func:`attribute_summary`), part by part: ``'= ...'`` in green where the
-    truth reads as the prediction, ``'x ...'`` in red where it does not.
+    (:func:`attribute_summary`): a grey ``'true:'``, then part by part
+    ``'= ...'`` in green where the truth reads as the prediction, ``'x ...'``
+    in red where it does not.
 
     Args:
         prediction: the image's named predictions.
@@ -73,10 +75,11 @@ def truth_lines(prediction, truth, schema):
             or None when it has none (a distractor or junk image): one grey line.
     """
     if truth is None:
-        return [('no true attributes', GREY)]
-    return [(f'= {true}', GREEN) if said == true else (f'x {true or "none"}', RED)
-            for said, true in zip(_summary_groups(prediction, schema),
-                                  _summary_groups(truth, schema)) if said or true]
+        return [(NO_TRUTH, GREY)]
+    return [('true:', GREY)] + [
+        (f'= {true}', GREEN) if said == true else (f'x {true or "none"}', RED)
+        for said, true in zip(_summary_groups(prediction, schema), _summary_groups(truth, schema))
+        if said or true]
 
 
 def draw_ranking(query_path, query_prediction, hits, schema, out_path, title='', truths=None):
