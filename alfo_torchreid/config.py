@@ -7,6 +7,7 @@ rebuilds that tree (same keys and defaults, image re-ID only) and
 a config into constructor arguments, as in torchreid's scripts.
 """
 import contextlib
+import difflib
 import inspect
 import os
 import re
@@ -37,6 +38,14 @@ SAMPLERS = ('RandomSampler', 'SequentialSampler', 'RandomIdentitySampler', 'Rand
 TRANSFORMS = ('random_flip', 'random_crop', 'random_patch', 'color_jitter', 'random_erase')
 
 
+def available_cores():
+    """The CPU cores this process may run on: its affinity mask where the OS
+    has one (``os.sched_getaffinity``), else ``os.cpu_count()``."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def get_default_config():
     """torchreid's default config tree (image re-ID part), with its defaults."""
     cfg = CN()
@@ -57,7 +66,7 @@ def get_default_config():
     cfg.data.root = 'reid-data'
     cfg.data.sources = ['market1501']
     cfg.data.targets = ['market1501']
-    cfg.data.workers = 4
+    cfg.data.workers = min(4, available_cores())  # DataLoader processes
     cfg.data.split_id = 0
     cfg.data.height = 256
     cfg.data.width = 128
@@ -251,8 +260,42 @@ def _plain(message):
         kind = _TYPE_NAMES.get(kind, f'a {kind}')
         return f'{key} must be {kind} like its default {default}, got {value!r}'
     # yacs says "Non-existent config key: a.b" for unknown keys
-    return message.replace('Non-existent config key', 'unknown config key').replace(
-        'Non-existent key', 'unknown config key')
+    unknown = _UNKNOWN_KEY.search(message)
+    if unknown:
+        near = nearest_keys(unknown.group(1), flatten(get_config()))
+        return f'unknown config key: {unknown.group(1)}' + (
+            f'; did you mean {" or ".join(near)}?' if near else '')
+    return message
+
+
+_UNKNOWN_KEY = re.compile(r'Non-existent (?:config )?key: (\S+)')
+
+
+def nearest_keys(key, known, cutoff=0.7, most=3):
+    """The known keys that an unknown dotted ``key`` most likely means: those
+    whose last part is the most like ``key``'s (``difflib``'s ratio, at least
+    ``cutoff``), the most like the whole ``key`` first, ``most`` at most
+    (``train.max_epochs`` and ``max_epoch`` give ``['train.max_epoch']``)."""
+    def likeness(a, b):
+        return difflib.SequenceMatcher(None, a, b).ratio()
+    leaf = key.rsplit('.', 1)[-1]
+    scores = {k: likeness(leaf, k.rsplit('.', 1)[-1]) for k in known}
+    best = max(scores.values(), default=0)
+    if best < cutoff:
+        return []
+    return sorted((k for k, score in scores.items() if score == best),
+                  key=lambda k: -likeness(key, k))[:most]
+
+
+def flatten(node, prefix=''):
+    """``{'a.b': value}`` of a nested config."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f'{prefix}{key}.'))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 BASE_KEY = '_BASE_'

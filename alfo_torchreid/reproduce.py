@@ -215,7 +215,7 @@ def record_configs(runs, cfgs, out):
             recorded = json.load(f)
     for run, cfg in zip(runs, cfgs):
         name = f'{run.row}/seed{run.seed}'
-        now = json.loads(json.dumps(_flatten(cfg)))  # lists as JSON gives them back
+        now = json.loads(json.dumps(config.flatten(cfg)))  # lists as JSON gives them back
         before = recorded.get(name, now)
         changed = [key for key in sorted(before.keys() | now.keys())
                    if key not in FREE_KEYS and before.get(key, 'absent') != now.get(key, 'absent')]
@@ -229,23 +229,13 @@ def record_configs(runs, cfgs, out):
     write_file(path, json.dumps(recorded, indent=1).encode())
 
 
-def _flatten(node, prefix=''):
-    """``{'a.b': value}`` of a nested config."""
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f'{prefix}{key}.'))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def is_finished(run):
     return osp.isfile(osp.join(run.save_dir, run_lib.METRICS))
 
 
 def train_missing(runs):
-    """Trains the runs that have not finished, printing a progress line before each run."""
+    """Trains the runs that have not finished, printing a progress line before
+    each run and its summary line after it (the rest goes to its ``train.log``)."""
     left = sum(not is_finished(run) for run in runs)
     seconds = []  # wall time of each run trained by this call
     for index, run in enumerate(runs, 1):
@@ -256,7 +246,7 @@ def train_missing(runs):
         resumed = osp.isfile(osp.join(run.save_dir, 'model', LATEST))
         print(f'{head}{", resumed" if resumed else ""} — ETA {eta(seconds, left)}', flush=True)
         start = time.monotonic()
-        run_lib.main(run.config_file, run.opts)
+        run_lib.main(run.config_file, run.opts, quiet=True)
         seconds.append(time.monotonic() - start)
         left -= 1
         drop_resume_state(run)

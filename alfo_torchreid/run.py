@@ -21,6 +21,7 @@ folder's lock, prints the log and writes the run's files. A job that torchrun
 restarts (``--max-restarts``) continues from ``model/latest.pth.tar``.
 """
 import contextlib
+import datetime
 import io
 import json
 import os
@@ -60,8 +61,14 @@ def command_line_overrides(args):
     return opts
 
 
-def main(config_file='', opts=()):
+def main(config_file='', opts=(), verbose=False, quiet=False):
     """Runs what the config says.
+
+    What is printed also goes to the run's log (``train.log``, ``test.log``).
+    The config and torchreid's data tables (transforms, datasets, summary) go
+    to the log alone unless ``verbose``; with ``quiet`` the console gets only
+    the run's headlines (resumed, nothing to train) and its last line,
+    :func:`summary_line`, which every run that tests ends with.
 
     Returns:
         The engine (its ``results`` hold the metrics), or None when a resumed
@@ -72,8 +79,8 @@ def main(config_file='', opts=()):
         cfg.defrost()
         cfg.data.save_dir = evaluation_folder(cfg)
     with distributed.process_group(cfg.use_gpu), owned_folder(cfg.data.save_dir) as folder, \
-            printed_log() as log:
-        return _run(cfg, log, folder)
+            printed_log() as log, log.log_only(quiet):
+        return _run(cfg, log, folder, verbose)
 
 
 @contextlib.contextmanager
@@ -135,6 +142,22 @@ class Tee:
     def __init__(self, console):
         self.console = console
         self.file = io.StringIO()
+        self.muted = False  # inside log_only: the log file alone
+
+    @contextlib.contextmanager
+    def log_only(self, on=True):
+        """With ``on``, what is printed in the ``with`` block goes to the log
+        file alone (:meth:`headline` still reaches the console)."""
+        before, self.muted = self.muted, self.muted or on
+        try:
+            yield
+        finally:
+            self.muted = before
+
+    def headline(self, line):
+        """Prints ``line`` to the console and the log, even inside :meth:`log_only`."""
+        self.console.write(line + '\n')
+        self.file.write(line + '\n')
 
     def open(self, path):
         """From now on the log goes to ``path`` (appended), the text so far first.
@@ -145,7 +168,8 @@ class Tee:
         self.file.write(buffered)
 
     def write(self, text):
-        self.console.write(text)
+        if not self.muted:
+            self.console.write(text)
         self.file.write(text)
 
     def flush(self):
@@ -159,12 +183,18 @@ class Tee:
         self.file.close()
 
 
-def _run(cfg, log, folder):
+def _run(cfg, log, folder, verbose=False):
+    started = time.monotonic()
     if cfg.test.evaluate:
         refuse_finished_evaluation(cfg.data.save_dir)
-    print(f'Config:\n{cfg}\n')
-    seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic, cfg.use_gpu)
-    datamanager = build_datamanager(cfg)
+    if distributed.is_initialized():
+        print(distributed.job_line(cfg.train.batch_size))
+    with log.log_only(not verbose):
+        print(f'Config:\n{cfg}\n')
+        seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic,
+                        cfg.use_gpu)
+        datamanager = build_datamanager(cfg)
+    print(data_line(cfg, datamanager))
     model = build_model(cfg, datamanager)
     trained_epoch = load_trained_weights(cfg, model, datamanager.num_train_pids)
     resolve_new_layers(cfg, model)
@@ -175,18 +205,22 @@ def _run(cfg, log, folder):
     mixed = precision.MixedPrecision(cfg.train.amp, cfg.use_gpu)
     final_test_only = False
     if not cfg.test.evaluate:
-        start_epoch = resume(cfg, model, datamanager.num_train_pids, optimizer, scheduler, mixed)
+        start_epoch, resumed_from = resume(cfg, model, datamanager.num_train_pids, optimizer,
+                                           scheduler, mixed)
         if start_epoch >= cfg.train.max_epoch:
             if start_epoch > cfg.train.max_epoch or \
                     osp.isfile(osp.join(cfg.data.save_dir, METRICS)):
-                print(f'Nothing to train: the run in "{cfg.data.save_dir}" is at epoch '
-                      f'{start_epoch} and train.max_epoch is {cfg.train.max_epoch}; no file '
-                      'was changed (raise train.max_epoch to train on, or evaluate it with '
-                      'test.evaluate True)')
+                log.headline(f'Nothing to train: the run in "{cfg.data.save_dir}" is at epoch '
+                             f'{start_epoch} and train.max_epoch is {cfg.train.max_epoch}; no '
+                             'file was changed (raise train.max_epoch to train on, or evaluate '
+                             'it with test.evaluate True)')
                 return None
-            print(f'The run in "{cfg.data.save_dir}" was stopped in its final test: testing '
-                  f'its epoch-{start_epoch} weights now')
+            log.headline(f'The run in "{cfg.data.save_dir}" was stopped in its final test: '
+                         f'testing its epoch-{start_epoch} weights now')
             final_test_only = True
+        elif resumed_from:
+            log.headline(f'Resumed from "{resumed_from}": continuing at epoch {start_epoch + 1} '
+                         f'of {cfg.train.max_epoch}')
         cfg.defrost()
         cfg.train.start_epoch = start_epoch
 
@@ -203,8 +237,36 @@ def _run(cfg, log, folder):
         engine.epoch = max((trained_epoch if cfg.test.evaluate else start_epoch) - 1, 0)
     engine.run(**config.engine_run_kwargs(cfg), test_only=cfg.test.evaluate)
     if distributed.is_main_process():
-        save_metrics(cfg, engine, trained_epoch if cfg.test.evaluate else cfg.train.max_epoch)
+        metrics = save_metrics(cfg, engine,
+                               trained_epoch if cfg.test.evaluate else cfg.train.max_epoch)
+        log.headline(summary_line(metrics, time.monotonic() - started, cfg.data.save_dir))
     return engine
+
+
+def data_line(cfg, datamanager):
+    """One line in place of torchreid's dataset tables (which go to the log):
+    ``'Data: market1501_attr, 751 identities, 12,936 training images; testing on
+    market1501_attr (config and dataset tables in the log; --verbose prints them)'``."""
+    train = datamanager.train_loader.dataset
+    return (f'Data: {", ".join(cfg.data.sources)}, {datamanager.num_train_pids:,} identities, '
+            f'{len(train):,} training images; testing on {", ".join(cfg.data.targets)} '
+            '(config and dataset tables in the log; --verbose prints them)')
+
+
+def summary_line(metrics, seconds, folder):
+    """The last line of a run, from :func:`save_metrics`' summary:
+    ``'Done: market1501_attr Rank-1 16.7%, mAP 13.3%, mA 53.1%; 1 epoch, 0:06:19;
+    "log/toy/alfo"'`` (mA for targets with attributes; ``seconds``: the run's
+    wall time)."""
+    figures = []
+    for target, result in metrics['results'].items():
+        shown = [f'Rank-1 {100 * result["rank1"]:.1f}%', f'mAP {100 * result["mAP"]:.1f}%']
+        if 'attributes' in result:
+            shown.append(f'mA {100 * result["attributes"]["mA"]:.1f}%')
+        figures.append(f'{target} {", ".join(shown)}')
+    epochs = metrics['epochs']
+    return (f'Done: {"; ".join(figures)}; {epochs} epoch{"s" * (epochs != 1)}, '
+            f'{datetime.timedelta(seconds=round(seconds))}; "{folder}"')
 
 
 def seed_everything(seed, deterministic=False, use_gpu=False):
@@ -335,7 +397,7 @@ def place_on_device(cfg, model):
 
 
 def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
-    """Restores the run to continue, if any, and returns the epoch to start from.
+    """Restores the run to continue, if any.
 
     ``model.resume`` names a checkpoint; ``train.resume`` continues the run
     folder's ``model/latest.pth.tar``, as does a job that torchrun restarted
@@ -346,6 +408,9 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
     Args:
         mixed: the run's :class:`alfo_torchreid.engine.precision.MixedPrecision`
             (its gradient scaler's state is restored).
+
+    Returns:
+        (the epoch to start from, the checkpoint resumed from or '' for none).
 
     Raises:
         RunFolderError, CheckpointError.
@@ -361,14 +426,13 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
             raise RunFolderError(
                 f'run folder "{cfg.data.save_dir}" already holds a run ({", ".join(previous)}): '
                 'continue it with train.resume True, or give this run another data.save_dir')
-        return 0
+        return 0, ''
     start_epoch, checkpoint = checkpoints.load_training_state(
         path, unwrap(model), num_classes, optimizer, scheduler, trust=cfg.model.trust_checkpoint,
         precision=mixed)
     if distributed.is_main_process():
         restore_history(cfg.data.save_dir, start_epoch, checkpoint.get('history'))
-    print(f'Resumed from "{path}": continuing at epoch {start_epoch + 1}')
-    return start_epoch
+    return start_epoch, path
 
 
 def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None):

@@ -1,12 +1,14 @@
 """tools/main.py and tools/compare.py end to end, as a user runs them."""
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from alfo_run import REPO, load_tool, market_split, run_tool
 
+from alfo_torchreid import config
 from alfo_torchreid.utils.errors import ConfigError
 
 MAIN = load_tool('main').main
@@ -27,14 +29,17 @@ def metrics(save_dir):
 
 
 @pytest.fixture(scope='module')
-def runs(toy_root, module_tmp):
-    """One-epoch ALFO and PCB runs on the toy tree: {'alfo': dir, 'pcb': dir}."""
+def trainings(toy_root, module_tmp):
+    """One-epoch ALFO and PCB runs on the toy tree: {'alfo': (dir, CompletedProcess), ...}."""
     base = module_tmp('runs')
-    out = {}
-    for name in ('alfo', 'pcb'):
-        train(f'{name}_toy.yaml', toy_root, base / name)
-        out[name] = base / name
-    return out
+    return {name: (base / name, train(f'{name}_toy.yaml', toy_root, base / name))
+            for name in ('alfo', 'pcb')}
+
+
+@pytest.fixture(scope='module')
+def runs(trainings):
+    """The run folders of :func:`trainings`: {'alfo': dir, 'pcb': dir}."""
+    return {name: run for name, (run, _) in trainings.items()}
 
 
 @pytest.mark.parametrize('name', ['alfo', 'pcb'])
@@ -52,23 +57,59 @@ def test_run_writes_metrics_checkpoint_and_logs(runs, name):
     assert ('attributes' in reid) == (name == 'alfo')
 
 
+@pytest.mark.parametrize('name', ['alfo', 'pcb'])
+def test_a_run_prints_no_config_and_ends_with_its_summary(trainings, name, toy_root):
+    run, proc = trainings[name]
+    log = (run / 'train.log').read_text()
+    for noisy in ('Config:\n', 'subset   | # ids', 'Building train transforms'):
+        assert noisy not in proc.stdout and noisy in log
+    images = list(market_split(toy_root, 'bounding_box_train').glob('*.jpg'))
+    identities = {image.name.split('_')[0] for image in images}
+    assert proc.stdout.splitlines()[0] == (
+        f'Data: market1501_attr, {len(identities)} identities, {len(images)} training images; '
+        'testing on market1501_attr (config and dataset tables in the log; --verbose prints '
+        'them)')
+    reid = metrics(run)['results']['market1501_attr']
+    figures = f'Rank-1 {100 * reid["rank1"]:.1f}%, mAP {100 * reid["mAP"]:.1f}%' + (
+        f', mA {100 * reid["attributes"]["mA"]:.1f}%' if name == 'alfo' else '')
+    last = proc.stdout.splitlines()[-1]
+    assert re.fullmatch(rf'Done: market1501_attr {re.escape(figures)}; 1 epoch, '
+                        rf'\d+:\d\d:\d\d; "{re.escape(str(run))}"', last), last
+    assert log.splitlines()[-1] == last
+
+
+def test_default_workers_do_not_exceed_the_cores(monkeypatch):
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
+    assert config.get_default_config().data.workers == 2
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(64)), raising=False)
+    assert config.get_default_config().data.workers == 4
+    for name in ('alfo_market', 'alfo_duke', 'pcb_market', 'pcb_duke'):  # none overrides it
+        assert 'workers' not in (REPO / 'configs' / f'{name}.yaml').read_text()
+
+
 @pytest.fixture(scope='module')
 def evaluation(runs, toy_root, module_tmp):
     """The README's eval-only command on a copy of the ALFO run, with visrank:
-    (run folder, its files before, CompletedProcess)."""
+    (run folder, its files before, CompletedProcess, {PNG path: the
+    :class:`~alfo_torchreid.evaluation.rank_grid.Layout` drawn})."""
+    from alfo_torchreid.evaluation import rank_grid
     run = module_tmp('evaluated') / 'alfo'
     shutil.copytree(runs['alfo'], run, ignore=shutil.ignore_patterns('latest.pth.tar'))
     before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
-    proc = run_tool('main', '--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root', toy_root,
-                     *TINY, 'data.save_dir', run, 'test.evaluate', 'True',
-                     'model.load_weights', run / 'model' / 'model.pth.tar-1',
-                     'test.visrank', 'True', 'test.visrank_topk', '3')
+    layouts, draw_grid = {}, rank_grid.draw_grid
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rank_grid, 'draw_grid', lambda layout, out: layouts.update({out: layout})
+                      or draw_grid(layout, out))
+        proc = run_tool('main', '--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root',
+                         toy_root, *TINY, 'data.save_dir', run, 'test.evaluate', 'True',
+                         'model.load_weights', run / 'model' / 'model.pth.tar-1',
+                         'test.visrank', 'True', 'test.visrank_topk', '3')
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run, before, proc
+    return run, before, proc, layouts
 
 
 def test_eval_only_reproduces_the_final_test_in_its_own_folder(runs, evaluation):
-    run, before, _ = evaluation
+    run, before, _, _ = evaluation
     trained = metrics(runs['alfo'])['results']['market1501_attr']
     result = metrics(run / 'eval-model.pth.tar-1')
     again = result['results']['market1501_attr']
@@ -86,7 +127,7 @@ def test_visrank_keeps_the_attribute_metrics_and_captions_every_crop(runs, evalu
     from PIL import Image
 
     from alfo_torchreid.evaluation import rank_grid
-    run, _, proc = evaluation
+    run, _, proc, _ = evaluation
     trained = metrics(runs['alfo'])['results']['market1501_attr']
     again = metrics(run / 'eval-model.pth.tar-1')['results']['market1501_attr']
     assert again['attributes']['mA'] == pytest.approx(trained['attributes']['mA'], abs=1e-6)
@@ -100,8 +141,42 @@ def test_visrank_keeps_the_attribute_metrics_and_captions_every_crop(runs, evalu
             2 * rank_grid.LINE_HEIGHT
 
 
+def test_visrank_shows_the_true_attributes_beside_the_predicted_ones(evaluation):
+    from alfo_torchreid.evaluation import rank_grid
+    _, _, _, layouts = evaluation
+    assert layouts
+    marks = {'=': rank_grid.GREEN, 'x': rank_grid.RED}
+    seen = set()
+    for layout in layouts.values():
+        assert ' '.join(t for t, _ in layout.title).split() == rank_grid.TRUTH_LEGEND.split()
+        for cell in layout.cells[1:]:
+            predicted = ' '.join(text for text, colour in cell.lines if colour == rank_grid.BLACK)
+            truth = []  # (mark, words, colour) of each truth line, its wrapped pieces joined
+            for text, colour in cell.lines:
+                if colour == rank_grid.BLACK or text == 'true:':
+                    continue
+                if text[:2] in ('= ', 'x ') or text == rank_grid.NO_TRUTH:
+                    truth.append([text[0], text[2:], colour])
+                else:  # a wrapped line goes on
+                    assert colour == truth[-1][2]
+                    truth[-1][1] += ' ' + text
+            assert truth, cell.lines  # every crop shows its truth (or says it has none)
+            for mark, words, colour in truth:
+                if colour == rank_grid.GREY:
+                    assert rank_grid.person_id(cell.path) is None  # a distractor or junk
+                    continue
+                assert marks[mark] == colour
+                if mark == '=':  # agrees: the words of a predicted line
+                    assert words in predicted
+                seen.add(mark)
+    assert 'x' in seen  # a one-epoch model gets things wrong (the marks: test_search.py)
+
+
 @pytest.mark.parametrize('args, message', [
     (['alfo.nope', '1'], 'error: unknown config key: alfo.nope'),
+    (['train.max_epochs', '3'],
+     'error: unknown config key: train.max_epochs; did you mean train.max_epoch? (in the '
+     'command line)'),
     (['alfo.focal_gamma', '-0.5'], 'error: alfo.focal_gamma must be >= 0, got -0.5'),
     (['data.root', '/nonexistent-root'],
      'error: dataset folder "/nonexistent-root/market1501" for market1501_attr does not exist'),
@@ -115,6 +190,23 @@ def test_bad_input_ends_with_one_line_and_status_2(toy_root, tmp_path, capsys, a
     assert status == 2
     assert 'Traceback' not in err
     assert err.strip().splitlines()[-1].startswith(message), err
+
+
+def test_an_unknown_key_names_the_nearest_known_ones(tmp_path):
+    config_file = tmp_path / 'typo.yaml'
+    config_file.write_text('train:\n  max_epochs: 3\n')
+    with pytest.raises(ConfigError) as error:
+        config.load_config(config_file)
+    assert str(error.value) == ('unknown config key: train.max_epochs; did you mean '
+                                f'train.max_epoch? (in "{config_file}")')
+    for key, meant in (('max_epoch', 'train.max_epoch'), ('trian.lr', 'train.lr'),
+                       ('batch_sizes', 'test.batch_size or train.batch_size'),
+                       ('alfo.num_part', 'alfo.num_parts')):
+        with pytest.raises(ConfigError, match=rf'^unknown config key: {key}; did you mean '
+                                              rf'{meant}\? \(in the command line\)$'):
+            config.load_config('', [key, '1'])
+    # nothing near enough: no guess ("nope" is not "vote")
+    assert config.nearest_keys('alfo.nope', config.flatten(config.get_config())) == []
 
 
 def test_a_process_with_bad_input_exits_2_with_one_line(tmp_path):

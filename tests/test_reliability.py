@@ -339,7 +339,20 @@ def test_resuming_with_nothing_to_train_says_so_and_changes_no_file(finished_run
     assert status == 0 and not err
     assert ('Nothing to train: the run in' in out and 'is at epoch 1 and train.max_epoch is 1; '
             'no file was changed' in out)
+    # one thing said about the epoch (not "continuing at epoch 2" first); no config dump
+    assert [line for line in out.splitlines() if 'epoch' in line] == \
+        [line for line in out.splitlines() if line.startswith('Nothing to train')]
+    assert 'Config:' not in out and '# ids' not in out
     assert _snapshot(run) == before
+
+
+def test_verbose_prints_the_config_and_the_dataset_tables(finished_run, toy_root, tmp_path,
+                                                          capsys):
+    run = _copy_run(finished_run, tmp_path)
+    status, out, err = _main(capsys, toy_root, run, 'train.resume', 'True', '--verbose')
+    assert status == 0 and not err
+    assert 'Config:\n' in out and 'max_epoch: 1' in out
+    assert out.count('subset   | # ids | # images | # cameras') == 2  # torchreid's tables
 
 
 def test_a_run_killed_between_its_last_checkpoint_and_history_line_ends_as_it_would(
@@ -353,6 +366,8 @@ def test_a_run_killed_between_its_last_checkpoint_and_history_line_ends_as_it_wo
     status, out, err = _main(capsys, toy_root, run, 'train.resume', 'True')
     assert status == 0, err
     assert 'put back the line of epoch 1, kept in its checkpoint' in out
+    assert 'was stopped in its final test: testing its epoch-1 weights now' in out
+    assert 'continuing at epoch' not in out
     assert (run / 'history.jsonl').read_bytes() == (finished_run / 'history.jsonl').read_bytes()
     snapshots = assert_same_weights(*(r / 'model' / 'model.pth.tar-1'
                                       for r in (finished_run, run)))

@@ -101,6 +101,26 @@ def test_the_next_invocation_continues_the_interrupted_run(reproduction):
     assert re.search(r'\[5/6\] pcb seed 1 — ETA \d+:\d\d:\d\d', stdout)
 
 
+def test_the_console_gets_progress_and_summaries_the_log_the_rest(reproduction):
+    status, stdout, _ = reproduction['invocations'][2]
+    assert status == 0
+    lines = stdout.split("# The paper's tables reproduced")[0].strip().splitlines()
+    said = (r'\[\d/6\] .* seed 1(: skipped, metrics.json exists|(, resumed)? — ETA \S+)',
+            r'Done: market1501_attr Rank-1 [\d.]+%, mAP [\d.]+%(, mA [\d.]+%)?; 2 epochs, '
+            r'\d+:\d\d:\d\d; ".*"',
+            r'The run in ".*" was stopped in its final test: testing its epoch-2 weights now',
+            r'Removed \d+ unfinished file\(s\) of an interrupted save: .*')
+    for line in lines:
+        assert any(re.fullmatch(pattern, line) for pattern in said), line
+    runs = reproduction['runs']
+    done = [line for line in lines if line.startswith('Done: ')]
+    assert [line.rsplit('"', 2)[1] for line in done] == [str(runs['pcb']), str(runs['resnet50'])]
+    for name in ('pcb', 'resnet50'):  # what the console did not get, the log did
+        log = (runs[name] / 'train.log').read_text()
+        assert 'Config:' in log and '=> Final test' in log and done[0 if name == 'pcb' else 1] \
+            in log
+
+
 def test_a_run_stopped_in_its_final_test_gets_its_last_checkpoint_tested(reproduction):
     status, stdout, _ = reproduction['invocations'][2]
     assert status == 0

@@ -8,6 +8,7 @@ import contextlib
 import io
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -16,8 +17,10 @@ from alfo_run import REPO, load_tool, refused_run
 from fake_cuda import cuda_reported_available, fake_cuda
 
 from alfo_torchreid import config, run as run_lib
+from alfo_torchreid.data.attributes import AttributeSchema
 from alfo_torchreid.engine.engine import BaselineTripletEngine, ImageFocalVoteEngine, unwrap
 from alfo_torchreid.evaluation import report
+from alfo_torchreid.evaluation.metrics import attribute_metrics
 from alfo_torchreid.models import ALFO
 from alfo_torchreid.utils.checkpoints import load_checkpoint
 
@@ -214,6 +217,27 @@ def test_the_attribute_plot_shows_balanced_accuracy(tmp_path):
                                               {'downpink': 0.5, 'hat': 0.7})]
     assert report.plot_attributes(runs, tmp_path / 'attributes.png')
     assert (tmp_path / 'attributes.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_the_attribute_plot_flags_single_class_attributes_and_draws_chance(tmp_path):
+    # hat is never worn in these test labels: 100 % for a constant "no", out of mA
+    schema = AttributeSchema('toy', ('age', 'hat', 'bag'), (4, 2, 2), {})
+    target = np.array([[0, 0, 1], [1, 0, 0], [2, 0, 1], [3, 0, 0]])
+    constant = np.zeros_like(target)
+    attributes = attribute_metrics(constant, target, schema)
+    runs = [{'name': 'constant', 'results': {'market1501_attr': {'attributes': attributes}}}]
+    plot = report.attribute_plot(runs)
+    assert plot.names == ['age', 'hat', 'bag']
+    assert plot.chance == {'age': 0.25, 'hat': 0.5, 'bag': 0.5}
+    assert plot.flagged == [{'hat'}]
+    # by hand: age recalls 1, 0, 0, 0 -> 25 %; bag (0 + 1) / 2 -> 50 %; mA over age and bag
+    assert plot.series == [('constant (market1501_attr): mA 37.5%',
+                            {'age': 0.25, 'hat': 1.0, 'bag': 0.5})]
+    assert report.plot_attributes(runs, tmp_path / 'attributes.png')
+    # a metrics.json of before: binary chance, nothing flagged
+    old = {'mA': 0.6, 'balanced_accuracy': {'hat': 0.7}}
+    plot = report.attribute_plot([{'name': 'old', 'results': {'d': {'attributes': old}}}])
+    assert plot.chance == {'hat': 0.5} and plot.flagged == [set()]
 
 
 # -- the tools run as commands --------------------------------------------------

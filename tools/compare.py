@@ -12,17 +12,24 @@ import os.path as osp
 import sys
 
 from alfo_torchreid.evaluation import report
+from alfo_torchreid.utils.cli import HelpFormatter
 from alfo_torchreid.utils.errors import run_command
 from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument('runs', nargs='*', help='run folders holding metrics.json')
     parser.add_argument('--configs', nargs='+', default=[],
                         help='config files to run first (tools/main.py), then compare')
     parser.add_argument('--out', default='log/comparison', help='folder for the report')
     parser.add_argument('--debug', action='store_true', help='show tracebacks of errors')
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.runs or args.configs):
         parser.error('give run folders or --configs')

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from alfo_torchreid.data.datasets import DukeMTMCreIDAttr, Market1501Attr
 from alfo_torchreid.utils import weights
 from alfo_torchreid.utils.download import download, sha256_of
+from alfo_torchreid.utils.cli import HelpFormatter
 from alfo_torchreid.utils.errors import DownloadError, run_command
 
 SPLITS = ('bounding_box_train', 'bounding_box_test', 'query')
@@ -66,7 +67,7 @@ DATASETS = {
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     formatter_class=HelpFormatter,
                                      epilog=__doc__.split('\n\n', 1)[1])
     parser.add_argument('--root', help='data root (data.root): fetch the attribute files there')
     parser.add_argument('--layout', action='store_true',

@@ -13,15 +13,17 @@ import argparse
 import sys
 
 from alfo_torchreid.serving import export, inference
+from alfo_torchreid.utils.cli import HelpFormatter
 from alfo_torchreid.utils.errors import run_command
 from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     inference.add_model_arguments(parser)
-    parser.add_argument('--format', choices=export.FORMATS, default='onnx')
+    parser.add_argument('--format', choices=export.FORMATS, default='onnx',
+                        help='ONNX (onnxruntime) or TorchScript (torch.jit)')
     parser.add_argument('--out', default='', help='default: the weights\' path + '
                         '.onnx or .torchscript.pt')
     return parser

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from alfo_torchreid.data.toy import LAYOUTS, make_toy_dataset
+from alfo_torchreid.utils.cli import HelpFormatter
 from alfo_torchreid.utils.errors import run_command
 
 # Counts that exist in one of the real sets only.
@@ -16,14 +17,18 @@ DATASET_ONLY = {'market1501': ('num_distractor_images', 'num_junk_images'),
                 'dukemtmcreid': ('num_distractor_ids',)}
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument('--root', default='reid-data', help='folder to write under')
-    parser.add_argument('--dataset', default='all', choices=[*LAYOUTS, 'all'])
-    parser.add_argument('--num-train-ids', type=int, default=40)
-    parser.add_argument('--num-test-ids', type=int, default=30)
-    parser.add_argument('--images-per-id', type=int, default=8)
+    parser.add_argument('--dataset', default='all', choices=[*LAYOUTS, 'all'],
+                        help='the layout to write, or both')
+    parser.add_argument('--num-train-ids', type=int, default=40,
+                        help='identities of the training split')
+    parser.add_argument('--num-test-ids', type=int, default=30,
+                        help='identities of the query and gallery splits')
+    parser.add_argument('--images-per-id', type=int, default=8,
+                        help='images of each identity')
     parser.add_argument('--queries-per-id', type=int, default=2,
                         help='query images per test id, one per camera')
     parser.add_argument('--cams-per-id', type=int, default=3,
@@ -36,14 +41,14 @@ def parse_args(argv=None):
                         help='Market pid -1 images (default 24)')
     parser.add_argument('--num-distractor-ids', type=int, default=None,
                         help='Duke gallery-only identities (default 10)')
-    parser.add_argument('--height', type=int, default=128)
-    parser.add_argument('--width', type=int, default=64)
-    parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument('--height', type=int, default=128, help='image height in pixels')
+    parser.add_argument('--width', type=int, default=64, help='image width in pixels')
+    parser.add_argument('--seed', type=int, default=0, help='random seed of the images and labels')
+    return parser
 
 
 def main(argv=None):
-    args = vars(parse_args(argv))
+    args = vars(build_parser().parse_args(argv))
     root, which = args.pop('root'), args.pop('dataset')
 
     def make_all():

@@ -17,17 +17,18 @@ import logging
 import sys
 
 from alfo_torchreid.serving import inference
+from alfo_torchreid.utils.cli import HelpFormatter
 from alfo_torchreid.utils.errors import run_command
 from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument('inputs', nargs='+', help='image files and folders')
     inference.add_model_arguments(parser)
     parser.add_argument('--out', required=True, help='folder for the outputs')
-    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--batch-size', type=int, default=64, help='images per forward pass')
     parser.add_argument('--workers', type=int, default=0, help='image-reading processes')
     parser.add_argument('--show', type=int, default=4, help='images in the printed table')
     return parser

@@ -17,13 +17,14 @@ import os.path as osp
 import sys
 
 from alfo_torchreid import reproduce
+from alfo_torchreid.utils.cli import HelpFormatter
 from alfo_torchreid.utils.errors import run_command
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument('--dataset', required=True,
                         help=f'one of {", ".join(reproduce.TARGETS)}')
     parser.add_argument('--root', default='',

@@ -31,14 +31,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchreid
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from alfo_torchreid.data.attributes import UNKNOWN, convert_labels
 from alfo_torchreid.engine.precision import MixedPrecision
 from alfo_torchreid.evaluation.attribute_match import (attribute_disagreement, attribute_reranked,
-                                                       named_predictions)
+                                                       named_labels, named_predictions)
 from alfo_torchreid.evaluation.metrics import (attribute_metrics, evaluate_rank,
                                                format_attribute_table)
-from alfo_torchreid.evaluation.rank_grid import draw_ranking
+from alfo_torchreid.evaluation.rank_grid import TRUTH_LEGEND, draw_ranking
 from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
 from alfo_torchreid.utils import checkpoints, compat, distributed
 from alfo_torchreid.utils.errors import ConfigError, TrainingError
@@ -117,13 +119,21 @@ class ResumableEngineMixin:
         """The model being trained, unwrapped from (Distributed)DataParallel."""
         return unwrap(self.model)
 
-    def run(self, save_dir='log', **kwargs):
+    def run(self, save_dir='log', start_epoch=0, test_only=False, **kwargs):
         """torchreid's ``Engine.run``; remembers ``save_dir`` for the per-epoch
-        checkpoint. Only the main process opens TensorBoard's writer."""
+        checkpoint. Only the main process opens TensorBoard's writer; a resumed
+        run opens it with ``purge_step``, the first step it trains again
+        (torchreid's step of a batch is ``epoch * batches per epoch + batch``),
+        so that TensorBoard drops what the interrupted run logged from there on
+        instead of showing those steps twice."""
         self.save_dir = save_dir
         if not distributed.is_main_process():
             self.writer = _NoWriter()
-        return super().run(save_dir=save_dir, **kwargs)
+        elif start_epoch > 0 and not test_only and self.writer is None:
+            self.writer = SummaryWriter(log_dir=save_dir,
+                                        purge_step=start_epoch * len(self.train_loader))
+        return super().run(save_dir=save_dir, start_epoch=start_epoch, test_only=test_only,
+                           **kwargs)
 
     # -- training ---------------------------------------------------------
     def train(self, **kwargs):
@@ -467,12 +477,14 @@ class ImageFocalVoteEngine(BaselineEngine):
     def _visualize(self, dataset_name, distmat, query, gallery, out_dir, topk):
         """torchreid's ranked lists (the ``topk`` valid gallery images of each
         query, true matches framed green), each crop with a caption strip of
-        its predicted attributes: ``<out_dir>/<query image>.png``."""
+        its predicted attributes and, when the dataset has them, its true ones
+        (disagreements in red): ``<out_dir>/<query image>.png``."""
         if gallery.attributes is None:
             return super()._visualize(dataset_name, distmat, query, gallery, out_dir, topk)
         query_items, gallery_items = self.datamanager.fetch_test_loaders(dataset_name)
         named_query = named_predictions(torch.cat(query.attributes, dim=1), self.schema)
         named_gallery = named_predictions(torch.cat(gallery.attributes, dim=1), self.schema)
+        truths = self._gallery_truths(dataset_name, gallery_items)
         print(f'Drawing the top-{topk} ranked lists of {len(query_items)} queries in "{out_dir}"')
         for q, (path, pid, camid, _) in enumerate(query_items):
             # as torchreid: the query's own camera's images of its identity are left out
@@ -482,7 +494,23 @@ class ImageFocalVoteEngine(BaselineEngine):
             name = osp.splitext(osp.basename(path))[0]
             draw_ranking(path, named_query[q],
                          [(gallery_items[g][0], distmat[q, g], named_gallery[g]) for g in ranked],
-                         self.schema, osp.join(out_dir, f'{name}.png'))
+                         self.schema, osp.join(out_dir, f'{name}.png'),
+                         title='' if truths is None else TRUTH_LEGEND,
+                         truths=None if truths is None else [truths[g] for g in ranked])
+
+    def _gallery_truths(self, dataset_name, gallery_items):
+        """The named true labels of each gallery item
+        (:func:`~alfo_torchreid.evaluation.attribute_match.named_labels`, in the
+        model's schema; None for an image without any, such as Market's
+        distractors), or None when the dataset has no attributes the model knows."""
+        dataset = self.test_loader[dataset_name]['gallery'].dataset
+        schema = getattr(dataset, 'schema', None)
+        if schema is None or any(n not in self.schema.names for n in schema.names):
+            return None
+        labels = convert_labels(np.stack([dataset.image_attrs[item[0]] for item in gallery_items]),
+                                schema, self.schema)
+        return [named if (row != UNKNOWN).any() else None
+                for row, named in zip(labels, named_labels(labels, self.schema))]
 
     def _after_ranking(self, dataset_name, query, gallery):
         """Attribute metrics on the gallery images of real identities of the target."""

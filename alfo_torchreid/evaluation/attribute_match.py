@@ -62,6 +62,26 @@ def named_predictions(probs, schema):
             for row in range(len(probs))]
 
 
+def named_labels(labels, schema):
+    """True labels as :func:`named_predictions` gives predictions: one dict per
+    row of ``labels`` ``[N, m]`` (schema order, ``-1``: unknown), name ->
+    (class name, 1.0), or ``('?', 0.0)`` for an unknown label. A colour form
+    takes the first of its colours labelled yes; ``('none', 1.0)`` when all
+    are known and none is, ``('?', 0.0)`` when none is and some are unknown."""
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1, len(schema))
+    one_hot = torch.cat([torch.nn.functional.one_hot(labels[:, a].clamp(min=0), c).float()
+                         for a, c in enumerate(schema.num_classes)], dim=1)
+    named = named_predictions(one_hot, schema)
+    for row, names in zip(labels, named):
+        names.update((name, ('?', 0.0)) for name, label in zip(schema.names, row.tolist())
+                     if label < 0)
+        for form, colours in schema.colour_forms().items():
+            members = row[[schema.index(m) for m in colours.values()]]
+            if not (members == 1).any():
+                names[form] = ('none', 1.0) if (members >= 0).all() else ('?', 0.0)
+    return named
+
+
 def format_prediction(name, prediction):
     """``'gender: female 0.93'``."""
     return f'{name}: {prediction[0]} {prediction[1]:.2f}'

@@ -319,7 +319,16 @@ def attribute_metrics(pred, target, schema, probs=None):
           in the target}``: (TP/P + TN/N)/2 for a binary attribute (docs/method.md's
           mA term; only the present term when P or N is 0), the mean per-class
           recall for a multi-class one (Market's age).
-        - ``mean_accuracy``, ``mA``: means of the two over attributes.
+        - ``mean_accuracy``: the mean accuracy over attributes.
+        - ``mA``: the mean balanced accuracy over the attributes whose known
+          labels hold at least two classes.
+        - ``mA_excluded``: the attributes left out of ``mA`` because their known
+          labels hold one class only (no one wears a hat in a small gallery):
+          their balanced accuracy is that class's recall, 100 % for a constant
+          predictor, which would lift mA without telling anything. As FastAttr
+          leaves them out; their balanced accuracy is still reported.
+        - ``num_classes``: ``{name: classes}``, the schema's (a uniform random
+          guess has balanced accuracy ``1 / classes``: chance).
         - ``instance_accuracy``, ``instance_precision``, ``instance_recall``,
           ``instance_f1``: over the binary attributes with a known label, per
           sample |P and G| / |P or G|, |P and G| / |P| and |P and G| / |G| (P:
@@ -356,14 +365,24 @@ def attribute_metrics(pred, target, schema, probs=None):
         accuracy[name] = _mean(pred[known, a] == target[known, a])
         balanced[name] = _balanced_accuracy(pred[known, a], target[known, a],
                                             schema.num_classes[a])
+    excluded = single_class_attributes(target, schema)
     metrics = {'accuracy': accuracy, 'balanced_accuracy': balanced,
                'mean_accuracy': _mean(list(accuracy.values())),
-               'mA': _mean(list(balanced.values()))}
+               'mA': _mean([b for name, b in balanced.items() if name not in excluded]),
+               'mA_excluded': excluded,
+               'num_classes': dict(zip(schema.names, schema.num_classes))}
     metrics.update(_instance_metrics(pred, target, schema))
     groups = _group_accuracy(pred, target, schema, class_probs, accuracy)
     metrics['group_accuracy'] = groups
     metrics['mean_group_accuracy'] = _mean(list(groups.values()))
     return metrics
+
+
+def single_class_attributes(target, schema):
+    """The names of the attributes whose known labels in ``target`` ``[N, m]``
+    hold exactly one class (none known: not listed, their metrics are NaN)."""
+    return [name for a, name in enumerate(schema.names)
+            if len(np.unique(target[target[:, a] != UNKNOWN, a])) == 1]
 
 
 def _check_attribute_inputs(pred, target, schema):
@@ -475,11 +494,17 @@ def _mean(values):
 
 
 def format_attribute_table(metrics):
-    """The result of :func:`attribute_metrics` as a printable table, in percent."""
+    """The result of :func:`attribute_metrics` as a printable table, in percent;
+    the attributes left out of mA are marked ``*``, with a note saying why."""
+    excluded = metrics.get('mA_excluded', [])
     lines = [f'{"attribute":<16}{"acc":>8}{"mA":>8}']
     for name, acc in metrics['accuracy'].items():
-        lines.append(f'{name:<16}{_percent(acc)}{_percent(metrics["balanced_accuracy"][name])}')
+        lines.append(f'{name:<16}{_percent(acc)}{_percent(metrics["balanced_accuracy"][name])}'
+                     + (' *' if name in excluded else ''))
     lines.append(f'{"mean":<16}{_percent(metrics["mean_accuracy"])}{_percent(metrics["mA"])}')
+    if excluded:
+        lines.append(f'* one class only in the test labels: left out of mA ({len(excluded)} '
+                     f'of {len(metrics["accuracy"])} attributes)')
     lines += ['', f'{"instance":<16}{"acc":>8}{"prec":>8}{"recall":>8}{"F1":>8}',
               ' ' * 16 + ''.join(_percent(metrics[f'instance_{k}'])
                                  for k in ('accuracy', 'precision', 'recall', 'f1'))]

@@ -4,18 +4,21 @@ Reads the ``metrics.json`` that ``tools/main.py`` writes in each run folder.
 ``comparison.md`` / ``comparison.csv``: Rank-1/5/10, mAP, attribute mA,
 parameters, GFLOPs and training time per epoch of every run (2 decimals in
 both). ``cmc.png``: the CMC curves. ``attributes.png``: per-attribute balanced
-accuracy of the runs that predict attributes.
+accuracy of the runs that predict attributes, with each attribute's chance
+level, each run's mA, and the attributes left out of mA hatched.
 """
 import csv
 import io
 import json
 import os
 import os.path as osp
+from dataclasses import dataclass
 
 import matplotlib
 
 matplotlib.use('Agg')  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from alfo_torchreid.utils.atomic import write_file  # noqa: E402
@@ -153,36 +156,93 @@ def attribute_series(runs):
     with attribute results. Balanced accuracy (the per-attribute term of mA,
     (TP/P + TN/N)/2) rather than accuracy, which reads 100 % for an attribute
     that is never positive in the test split and never predicted."""
-    return [(f'{run["name"]} ({dataset})', res['attributes']['balanced_accuracy'])
+    return [(label, attributes['balanced_accuracy'])
+            for label, attributes in _attribute_results(runs)]
+
+
+def _attribute_results(runs):
+    """(label, attribute results of ``metrics.json``) of every run and test
+    dataset with attribute results."""
+    return [(f'{run["name"]} ({dataset})', res['attributes'])
             for run in runs for dataset, res in run['results'].items()
             if res.get('attributes')]
 
 
+@dataclass
+class AttributePlot:
+    """What ``attributes.png`` shows.
+
+    Attributes:
+        names: the attributes, along the x axis.
+        series: ``(legend label with its mA, {name: balanced accuracy})`` per
+            run and test dataset.
+        chance: ``{name: 1 / classes}``, a uniform random guess's balanced
+            accuracy (0.5 for a binary attribute, 0.25 for Market's 4-class age).
+        flagged: ``[{names}]`` per series: the attributes its mA leaves out
+            (one class only in the test labels), drawn hatched.
+    """
+    names: list
+    series: list
+    chance: dict
+    flagged: list
+
+
+def attribute_plot(runs):
+    """The :class:`AttributePlot` of ``runs``' attribute results (a
+    ``metrics.json`` written before ``num_classes`` and ``mA_excluded`` were:
+    binary attributes, none flagged)."""
+    results = _attribute_results(runs)
+    names = list(results[0][1]['balanced_accuracy']) if results else []
+    classes = {}
+    for _, attributes in results:
+        classes.update(attributes.get('num_classes', {}))
+    return AttributePlot(
+        names=names,
+        series=[(f'{label}: mA {100 * attributes["mA"]:.1f}%', attributes['balanced_accuracy'])
+                for label, attributes in results],
+        chance={name: 1 / classes.get(name, 2) for name in names},
+        flagged=[set(attributes.get('mA_excluded', [])) for _, attributes in results])
+
+
 def plot_attributes(runs, path):
     """Grouped bars: per-attribute balanced accuracy (%) of the runs that predict
-    attributes (:func:`attribute_series`).
+    attributes (:func:`attribute_plot`): each run's mA in its legend label, each
+    attribute's chance level as a dashed line over its bars, the attributes left
+    out of a run's mA hatched.
 
     Returns:
         False (and writes an empty-notice figure) when no run has attribute results.
     """
-    series = attribute_series(runs)
-    names = list(series[0][1]) if series else []
+    plot = attribute_plot(runs)
+    names, series = plot.names, plot.series
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) * max(1, len(series))), 4.5))
     if not series:
         ax.text(0.5, 0.5, 'no run predicts attributes', ha='center', va='center')
         ax.set_axis_off()
     width = 0.8 / max(1, len(series))
-    for i, (label, balanced) in enumerate(series):
+    for i, ((label, balanced), flagged) in enumerate(zip(series, plot.flagged)):
         xs = [j + i * width for j in range(len(names))]
-        ax.bar(xs, [100 * balanced.get(n, float('nan')) for n in names], width, label=label)
+        bars = ax.bar(xs, [100 * balanced.get(n, float('nan')) for n in names], width,
+                      label=label)
+        for bar, name in zip(bars, names):
+            if name in flagged:
+                bar.set_hatch('///')
+                bar.set_edgecolor('black')
     if series:
+        for j, name in enumerate(names):
+            ax.hlines(100 * plot.chance[name], j - width / 2, j + 0.8 - width / 2,
+                      color='black', linewidth=1, linestyle='--', zorder=3,
+                      label='chance: 1 / classes' if j == 0 else None)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
         ax.set_xticklabels(names, rotation=70, fontsize=8)
         ax.set_ylabel('balanced accuracy (%): (TP/P + TN/N) / 2')
         ax.set_ylim(0, 100)
-        ax.axhline(50, color='grey', linewidth=0.8, linestyle=':')  # chance
-        ax.set_title('Attribute recognition on the gallery (mean of the bars = mA)')
-        ax.legend(fontsize=8)
+        ax.set_title('Attribute recognition on the gallery (mA = mean of the plain bars)')
+        handles, labels = ax.get_legend_handles_labels()
+        if any(plot.flagged):
+            handles.append(Patch(facecolor='white', edgecolor='black', hatch='///'))
+            labels.append('one class only in the test labels: not in mA')
+        ax.legend(handles, labels, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)

@@ -210,6 +210,15 @@ def query_scale(features, query):
     return float(((sample - query) ** 2).sum(1).median())
 
 
+def allowed_items(index, where):
+    """``[N]`` bool: the items of ``index`` whose predicted attributes meet the
+    conditions ``where`` (:func:`~alfo_torchreid.evaluation.attribute_match.parse_where`);
+    None when there are none (every item is allowed)."""
+    if not where:
+        return None
+    return where_mask(where, torch.from_numpy(np.array(index.attributes)), index.schema).numpy()
+
+
 def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where=None,
                  attr_weight=0.0):
     """The ``top`` gallery items for one query.
@@ -235,8 +244,7 @@ def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where
     if attr_weight < 0:
         raise SearchError(f'--attr-weight must be >= 0, got {attr_weight}')
     schema = index.schema
-    allowed = None if not where else \
-        where_mask(where, torch.from_numpy(np.array(index.attributes)), schema).numpy()
+    allowed = allowed_items(index, where)
     available = len(index.paths) if allowed is None else int(allowed.sum())
     if available == 0:
         return []

@@ -145,15 +145,26 @@ def sum_over_ranks(tensor):
 
 
 def mean_over_ranks(values):
-    """``{name: float}`` -> the mean of each value over the processes (same names)."""
+    """``{name: float}`` -> the mean of each value over the processes (same
+    names, in the same order)."""
     if not is_initialized():
         return values
-    names = sorted(values)
+    names = sorted(values)  # the same order in every process
     device = torch.device('cuda', torch.cuda.current_device()) \
         if dist.get_backend() == 'nccl' else torch.device('cpu')
     total = sum_over_ranks(torch.tensor([float(values[n]) for n in names], dtype=torch.float64,
                                         device=device))
-    return {n: v / world_size() for n, v in zip(names, total.tolist())}
+    means = dict(zip(names, total.tolist()))
+    return {n: means[n] / world_size() for n in values}  # in the order given: the log's columns
+
+
+def job_line(global_batch):
+    """The first line of a torchrun job's log: ``'torchrun job: 2 processes,
+    backend gloo; train.batch_size 16 global = 2 x 8 per process'``."""
+    processes = world_size()
+    return (f'torchrun job: {processes} process{"es" * (processes != 1)}, backend '
+            f'{dist.get_backend()}; train.batch_size {global_batch} global = {processes} x '
+            f'{global_batch // processes} per process')
 
 
 def gather_to_main(obj):

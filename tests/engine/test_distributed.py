@@ -30,7 +30,7 @@ TOY_CONFIG = REPO / 'configs' / 'alfo_toy.yaml'
 # 2 epochs of 2 steps (32 toy images, global batch 16: 8 per process), no random
 # augmentation; lr 1e-4 keeps the runs of 1 and 2 processes close (see LOSS_TOLERANCE)
 OPTS = ['train.max_epoch', '2', 'train.batch_size', '16', 'test.batch_size', '64',
-        'data.transforms', '[]', 'train.deterministic', 'True', 'train.print_freq', '100',
+        'data.transforms', '[]', 'train.deterministic', 'True', 'train.print_freq', '1',
         'train.lr', '0.0001', 'sampler.train_sampler', 'RandomSampler']
 
 WRAPPER = '''
@@ -188,6 +188,31 @@ def test_only_the_main_process_writes_files(runs):
                  'model.pth.tar-2', 'metrics.json', 'events.out.tfevents'):
         assert name in written, name
     assert (folder / 'metrics.json').is_file()
+
+
+def test_the_log_names_the_job_and_prints_the_single_process_columns(runs):
+    folder, _ = runs[2]
+    log = (folder / 'train.log').read_text().splitlines()
+    assert log[0] == 'torchrun job: 2 processes, backend gloo; train.batch_size 16 global = ' \
+        '2 x 8 per process'
+    steps = [line for line in log if line.startswith('epoch: [')]
+    assert len(steps) == 4  # print_freq 1: every step
+    for line in steps:  # the columns of ImageFocalVoteEngine.forward_backward in one process
+        names = [column.split()[0] for column in line.split('\t')[4:-1]]
+        assert names == ['loss', 'loss_id', 'loss_attr', 'acc'], line
+
+
+def test_means_over_the_processes_keep_the_order_of_the_columns(tmp_path):
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0,
+                            world_size=1)
+    try:
+        values = {'loss': 1.5, 'loss_id': 0.5, 'loss_attr': 1.0, 'acc': 25.0}
+        means = distributed.mean_over_ranks(values)
+        assert list(means) == list(values) and means == values
+        assert distributed.job_line(16) == 'torchrun job: 1 process, backend gloo; ' \
+            'train.batch_size 16 global = 1 x 16 per process'
+    finally:
+        dist.destroy_process_group()
 
 
 # BatchNorm normalises each process's 8 images, not the global 16 (train.sync_bn is

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torchreid
+from torch.utils.tensorboard import SummaryWriter
 from fake_cuda import cuda_reported_available, fake_cuda
 
 import alfo_torchreid  # noqa: F401  (registers market1501_attr and alfo)
 from alfo_torchreid.data.toy import make_toy_dataset
-from alfo_torchreid.engine.engine import HISTORY, ImageFocalVoteEngine
+from alfo_torchreid.engine.engine import HISTORY, ImageFocalVoteEngine, ResumableEngineMixin
 from alfo_torchreid.evaluation.metrics import attribute_metrics
 from alfo_torchreid.models import ALFO
 from alfo_torchreid.utils.errors import TrainingError
@@ -299,3 +300,34 @@ def test_gallery_attribute_metrics_match_an_independent_pass(trained):
                                  probs=[torch.cat(p)[real] for p in zip(*probs)])
     assert reported['mA'] == pytest.approx(expected['mA'], abs=1e-9)
     assert reported['accuracy'] == pytest.approx(expected['accuracy'], abs=1e-9)
+
+
+class _LoggingLoop:
+    """torchreid's loop reduced to its TensorBoard steps: ``epochs`` epochs of
+    5 batches, each batch logged at ``epoch * 5 + batch``; ``stop`` ends the
+    run (a crash) before that step."""
+
+    def __init__(self, values):
+        self.writer, self.train_loader, self.values = None, range(5), values
+
+    def run(self, save_dir, start_epoch=0, test_only=False, stop=None):
+        if self.writer is None:
+            self.writer = SummaryWriter(log_dir=save_dir)
+        for step in range(start_epoch * 5, 10 if stop is None else stop):
+            self.writer.add_scalar('Train/loss', self.values[step], step)
+        self.writer.close()
+
+
+class _Resumable(ResumableEngineMixin, _LoggingLoop):
+    pass
+
+
+def test_a_resumed_run_logs_each_tensorboard_step_once(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    _Resumable(values=[100.0] * 10).run(str(tmp_path), stop=8)  # killed in epoch 2 at step 8
+    _Resumable(values=[float(s) for s in range(10)]).run(str(tmp_path), start_epoch=1)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars('Train/loss')]
+    # epoch 1 from the first run, epoch 2 once, from the resumed one
+    assert logged == [(s, 100.0) for s in range(5)] + [(s, float(s)) for s in range(5, 10)]

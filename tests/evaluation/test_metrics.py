@@ -218,7 +218,12 @@ def test_attribute_metrics_by_hand():
         {'age': 2 / 3, 'hat': (1 + 1 / 3) / 2, 'bag': (1 + 1 / 2) / 2, 'upred': (0 + 1) / 2,
          'upblue': (0 + 2 / 3) / 2, 'upgreen': 3 / 4})
     assert m['mean_accuracy'] == pytest.approx((3 / 4 + 2 / 4 + 2 / 3 + 3 / 4 + 2 / 4 + 3 / 4) / 6)
-    assert m['mA'] == pytest.approx((2 / 3 + 2 / 3 + 3 / 4 + 1 / 2 + 1 / 3 + 3 / 4) / 6)
+    # upgreen's known labels are all "no": a constant "no" would score 100 %, so it
+    # is left out of mA (its balanced accuracy is still reported)
+    assert m['mA_excluded'] == ['upgreen']
+    assert m['mA'] == pytest.approx((2 / 3 + 2 / 3 + 3 / 4 + 1 / 2 + 1 / 3) / 5)
+    assert m['num_classes'] == {'age': 3, 'hat': 2, 'bag': 2, 'upred': 2, 'upblue': 2,
+                                'upgreen': 2}
     # Per sample over known binary attributes (P predicted, G true positives):
     # s0 P={hat,bag,blue} G={hat,red}; s1 P={hat} G={blue} (bag unknown);
     # s2 P={hat,bag,green} G={bag}; s4 P=G={} (0/0 = 1); s3 left out.
@@ -302,3 +307,18 @@ def test_attribute_table_lists_every_figure_in_percent():
     assert any(line.split() == ['age', '75.00', '66.67'] for line in lines)
     assert any(line.split() == ['39.58', '41.67', '62.50', '50.00'] for line in lines)
     assert any(line.split() == ['upper_colour', '0.00'] for line in lines)
+    assert any(line.split() == ['upgreen', '75.00', '75.00', '*'] for line in lines)
+    assert 'age' in table and not any(line.split()[-1:] == ['*'] and line.split()[0] != 'upgreen'
+                                      for line in lines)
+    assert '* one class only in the test labels: left out of mA (1 of 6 attributes)' in lines
+
+
+def test_a_constant_predictor_does_not_gain_mA_from_single_class_attributes():
+    # three attributes; the last is never positive in the test labels
+    schema = AttributeSchema('toy', ('a', 'b', 'never'), (2, 2, 2), {})
+    target = np.array([[0, 1, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    constant = np.zeros_like(target)  # "no" for everything
+    m = attribute_metrics(constant, target, schema)
+    # a, b: (TP/P + TN/N) / 2 = (0 + 1) / 2; "never": 100 %, but left out
+    assert m['balanced_accuracy'] == {'a': 0.5, 'b': 0.5, 'never': 1.0}
+    assert m['mA_excluded'] == ['never'] and m['mA'] == 0.5

@@ -12,6 +12,7 @@ from PIL import Image
 
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
 from alfo_torchreid.evaluation import rank_grid
+from alfo_torchreid.evaluation.rank_grid import draw_grid
 from alfo_torchreid.evaluation.attribute_match import (attribute_disagreement, parse_where,
                                                        where_mask)
 from alfo_torchreid.serving import gallery_index, inference, search
@@ -45,13 +46,17 @@ def query_image(toy_root):
 
 
 def test_query_round_trip_filters_ranks_and_frames(index, trained_alfo, toy_root, tmp_path,
-                                                   capsys):
+                                                   capsys, monkeypatch):
     query = query_image(toy_root)
-    png = tmp_path / 'grid.png'
+    folder = tmp_path / 'searches'
+    drawn = []
+    monkeypatch.setattr(rank_grid, 'draw_grid',
+                        lambda layout, out: drawn.append(layout) or draw_grid(layout, out))
     status, out, err = run_tool('search', 'query', index.folder, query, '--top', '30',
-                                  '--where', 'gender=female', '--out', png)
+                                  '--where', 'gender=female', '--out', folder)
     assert status == 0, err
-    result = json.loads(png.with_suffix('.json').read_text())
+    png, ranking = folder / f'{query.stem}.png', folder / f'{query.stem}.json'
+    result = json.loads(ranking.read_text())
     rows = [hit['row'] for hit in result['hits']]
     female = index.attributes[:, columns('gender')].argmax(1) == 1
     assert 0 < female.sum() < len(female)  # the filter has something to do
@@ -62,23 +67,78 @@ def test_query_round_trip_filters_ranks_and_frames(index, trained_alfo, toy_root
     distances = ((np.asarray(index.features)[rows] - feature) ** 2).sum(1)
     np.testing.assert_allclose([h['distance'] for h in result['hits']], distances, rtol=1e-4)
     assert np.all(np.diff(distances) >= -1e-3 * distances.max())
-    assert f'{len(rows)} results; grid written to "{png}"' in out
-    # frames: green for the query's person, red for others (the file names carry ids)
+    found = f'{len(rows)} results; {len(rows)} of {len(female)} items pass --where "gender=female"'
+    assert out.strip().splitlines()[-1] == f'{found}; picture "{png}", ranking "{ranking}"'
+    assert (result['passed'], result['items']) == (len(rows), len(female))
+    # the picture names the filter; frames: green for the query's person, red for others
+    (layout,) = drawn
+    assert ''.join(text for text, _ in layout.title).replace(' ', '') == found.replace(' ', '')
     grid = Image.open(png).convert('RGB')
+    assert grid.size == layout.size
     query_id = rank_grid.person_id(str(query))
-    cell_height = rank_grid.IMAGE_SIZE[1] + 2 * rank_grid.FRAME + 4 + \
-        rank_grid.CAPTION_LINES * rank_grid.LINE_HEIGHT
     left = (rank_grid.CELL_WIDTH - rank_grid.IMAGE_SIZE[0]) // 2 - rank_grid.FRAME
     frames = []
-    for cell, hit in enumerate(result['hits'], 1):
-        x = (cell % rank_grid.MAX_COLUMNS) * rank_grid.CELL_WIDTH + left
-        y = (cell // rank_grid.MAX_COLUMNS) * cell_height
+    for cell, hit in zip(layout.cells[1:], result['hits']):
+        assert cell.path == hit['path']
         pid = rank_grid.person_id(hit['path'])
         expected = rank_grid.GREY if pid is None else \
             rank_grid.GREEN if pid == query_id else rank_grid.RED
-        assert grid.getpixel((x + 1, y + 1)) == expected, hit['path']
+        assert grid.getpixel((cell.x + left + 1, cell.y + 1)) == expected, hit['path']
         frames.append(expected)
     assert rank_grid.GREEN in frames and rank_grid.RED in frames
+    # a second query into the same folder is no error
+    assert run_tool('search', 'query', index.folder, query, '--out', folder)[0] == 0
+
+
+def test_query_writes_nothing_without_out(index, toy_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_tool('search', 'query', index.folder, query_image(toy_root),
+                                  '--top', '5')
+    assert status == 0, err
+    assert out.strip().splitlines()[-1] == \
+        f'5 results of {len(index.paths)} items (--out FOLDER writes the picture and the ranking)'
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_names_a_folder_not_a_file(index, toy_root, tmp_path, capsys):
+    taken = tmp_path / 'grid.png'
+    taken.write_bytes(b'kept')
+    status, _, err = run_tool('search', 'query', index.folder, query_image(toy_root),
+                                '--out', taken)
+    assert status == 2 and taken.read_bytes() == b'kept'
+    assert err.strip() == f'error: --out "{taken}" is a file; expected a folder for the ' \
+        'picture and the ranking'
+
+
+def test_a_filter_nobody_passes_is_said_with_its_count(index, toy_root, tmp_path, capsys,
+                                                       monkeypatch):
+    where = 'gender=male,gender=female'  # no one is both
+    drawn = []
+    monkeypatch.setattr(rank_grid, 'draw_grid', lambda layout, out: drawn.append(layout))
+    status, out, err = run_tool('search', 'query', index.folder, query_image(toy_root),
+                                  '--where', where, '--out', tmp_path)
+    assert status == 0, err
+    found = f'0 results; 0 of {len(index.paths)} items pass --where "{where}"'
+    assert out.strip().splitlines()[-1].startswith(found + '; picture')
+    assert ''.join(text for text, _ in drawn[0].title).replace(' ', '') == found.replace(' ', '')
+    assert len(drawn[0].cells) == 1  # the query alone
+
+
+def test_captions_wrap_to_the_cell_and_lose_no_word():
+    line = 'up black down white backpack handbag clothes hat downpurple'
+    layout = rank_grid.grid_layout('q.jpg', ['female young'], [('g.jpg', [line])],
+                                   'where gender=female,backpack=yes: 1 of 12 items pass')
+    measure = rank_grid.ImageFont.load_default(size=rank_grid.FONT_SIZE).getlength
+    width = rank_grid.CELL_WIDTH - 2 * rank_grid.MARGIN
+    lines = [text for text, _ in layout.cells[1].lines]
+    assert len(lines) > 1 and all(measure(text) <= width for text in lines)
+    assert ' '.join(lines).split() == line.split()
+    title = ''.join(text for text, _ in layout.title)
+    assert title.replace(' ', '') == 'wheregender=female,backpack=yes:1of12itemspass'
+
+    # the row is as tall as its longest caption
+    assert layout.size[1] == layout.cells[0].y + rank_grid.IMAGE_SIZE[1] + 2 * rank_grid.FRAME \
+        + 4 + len(lines) * rank_grid.LINE_HEIGHT
 
 
 def test_colour_group_filter_uses_the_argmax_colour(index):
@@ -224,20 +284,22 @@ def test_a_second_update_of_a_locked_index_folder_names_the_holder(alfo_weights,
     assert not (folder / 'index.json').exists()
 
 
-@pytest.mark.parametrize('out', ['index.png', 'query.jpg'])
-def test_a_query_never_writes_over_its_index_or_its_photo(index, toy_root, tmp_path, capsys,
-                                                           out):
-    folder, query = tmp_path / 'index', tmp_path / 'query.jpg'
+@pytest.mark.parametrize('photo', ['index.jpg', 'query.png'])
+def test_a_query_never_writes_over_its_index_or_its_photo(index, toy_root, tmp_path, photo):
+    # --out is a folder receiving <photo name>.png and .json: a photo named
+    # index.jpg, written into the index folder, would put its ranking on
+    # index.json; a PNG photo's picture would replace the photo itself
+    folder = tmp_path / 'index'
     shutil.copytree(index.folder, folder)
-    shutil.copy(query_image(toy_root), query)
+    query = folder / photo if photo == 'index.jpg' else tmp_path / photo
+    Image.open(query_image(toy_root)).save(query)
     before = {p: p.read_bytes() for p in (*folder.iterdir(), query)}
-    out = folder / out if out == 'index.png' else query  # index.png puts its JSON on index.json
-    status, _, err = run_tool('search', 'query', folder, query, '--out', out)
-    written = folder / 'index.json' if out.suffix == '.png' else query
-    assert status == 2 and err.strip().splitlines() == [
-        f'error: --out would write "{written}" over '
-        f'{"a file of the gallery index" if written != query else "the query image"} '
-        f'"{written}", which this command reads: give another --out'], err
+    status, _, err = run_tool('search', 'query', folder, query, '--out', query.parent)
+    written = folder / 'index.json' if photo == 'index.jpg' else query
+    what = 'a file of the gallery index' if written != query else 'the query image'
+    assert status == 2 and err.strip().splitlines()[-1] == (
+        f'error: --out would write "{written}" over {what} "{written}", which this command '
+        'reads: give another --out'), err
     assert {p: p.read_bytes() for p in before} == before
 
 
@@ -350,3 +412,36 @@ def test_backend_choice_names_the_faiss_extra_and_the_ivfpq_minimum(monkeypatch)
     with pytest.raises(SearchError, match=r'pip install alfo-torchreid\[faiss\]'):
         search.search_settings('faiss-flat', 500)
     assert search.default_backend(10 ** 6) == 'torch'
+
+
+def test_true_attributes_are_named_and_compared_part_by_part():
+    from alfo_torchreid.evaluation.attribute_match import named_labels
+    labels = np.zeros(len(MARKET_SCHEMA), dtype=np.int64)
+    for name, label in (('gender', 1), ('age', 2), ('upred', 1), ('backpack', 1),
+                        ('hat', -1)):
+        labels[MARKET_SCHEMA.index(name)] = label
+    unknown_down = labels.copy()
+    unknown_down[MARKET_SCHEMA.index('downgray')] = -1
+    truth, partly = named_labels(np.stack([labels, unknown_down]), MARKET_SCHEMA)
+    assert truth['gender'] == ('female', 1.0) and truth['age'] == ('adult', 1.0)
+    assert truth['hat'] == ('?', 0.0) and truth['upcolour'] == ('red', 1.0)
+    assert truth['downcolour'] == ('none', 1.0)  # all known, none yes
+    assert partly['downcolour'] == ('?', 0.0)  # none yes, one unknown
+    # a prediction that gets gender and the colours wrong, the carried items right
+    prediction = dict(truth, gender=('male', 0.8), upcolour=('blue', 0.6))
+    assert rank_grid.attribute_summary(prediction, MARKET_SCHEMA) == \
+        ['male adult', 'up blue down none', 'backpack']
+    assert rank_grid.truth_lines(prediction, truth, MARKET_SCHEMA) == [
+        ('true:', rank_grid.GREY), ('x female adult', rank_grid.RED),
+        ('x up red down none', rank_grid.RED), ('= backpack', rank_grid.GREEN)]
+    # nothing carried, truly or predicted: no line; a crop without labels: one grey line
+    nothing = dict(truth, backpack=('no', 1.0))
+    assert rank_grid.truth_lines(nothing, nothing, MARKET_SCHEMA)[-1] == \
+        ('= up red down none', rank_grid.GREEN)
+    assert rank_grid.truth_lines(prediction, None, MARKET_SCHEMA) == \
+        [('true: none known', rank_grid.GREY)]
+    layout = rank_grid.ranking_layout('q.jpg', prediction, [('g.jpg', 1.5, prediction)],
+                                      MARKET_SCHEMA, truths=[truth])
+    assert layout.cells[1].lines[-3:] == [('x female adult', rank_grid.RED),
+                                          ('x up red down none', rank_grid.RED),
+                                          ('= backpack', rank_grid.GREEN)]
