@@ -70,7 +70,8 @@ def read_schema_file(path):
     except FileNotFoundError:
         raise AttributeFileError(f'{where} does not exist') from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise AttributeFileError(f'{where} cannot be read as YAML ({exc})') from None
+        problem = ' '.join(str(exc).split())
+        raise AttributeFileError(f'{where} cannot be read as YAML ({problem})') from None
     return check_schema(content, where)
 
 
