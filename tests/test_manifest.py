@@ -27,6 +27,8 @@ from alfo_run import history_without_times, load_tool, market_split
 from alfo_torchreid import config
 from alfo_torchreid.data.attributes import MARKET_SCHEMA, load_schema
 from alfo_torchreid.data.manifest import read_manifest, register_manifest_dataset
+from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
+from alfo_torchreid.models import ALFO
 from alfo_torchreid.utils.errors import ConfigError, DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +93,8 @@ def custom_root(toy_datasets, module_tmp):
     schema.yaml (5 attributes) and identities.csv (labels per identity)."""
     toy = toy_datasets['market1501']
     root = module_tmp('custom-data')
-    status = load_tool('make_manifest').main([str(toy.data_dir), '--out', str(root / 'manifest.csv')])
+    status = load_tool('make_manifest').main([str(toy.data_dir),
+                                              '--out', str(root / 'manifest.csv')])
     assert status == 0
     (root / 'schema.yaml').write_text(SCHEMA)
     rows = [['pid', 'gender', 'age', 'shirt_red', 'shirt_blue', 'shirt_green']]
@@ -227,7 +230,11 @@ def test_a_custom_run_resumes(custom_run, custom_root, tmp_path):
 
 def test_an_identity_only_source_trains_beside_an_attribute_one(custom_root, toy_root, tmp_path):
     root = tmp_path / 'data'
-    shutil.copytree(custom_root, root)
+    root.mkdir()
+    for name in ('schema.yaml', 'identities.csv'):
+        shutil.copy(custom_root / name, root)
+    write_csv(root / 'manifest.csv', absolute(manifest_rows(custom_root), custom_root))
+    # torchreid's market1501 under the same root, the same images under other paths
     (root / 'market1501').symlink_to(toy_root / 'market1501')
     out = trained(*custom_args(root, tmp_path / 'run', 'data.sources', "['my_data', 'market1501']",
                                'data.targets', "['my_data', 'market1501']"))
@@ -253,11 +260,34 @@ def test_the_second_source_has_unknown_attributes(custom_root, toy_root, tmp_pat
     assert (np.stack([summed.image_attrs[p[0]] for p in ours.train]) != -1).all()
 
 
+def test_a_batch_without_any_label_trains_the_identity_classifier_alone(custom_root):
+    # a batch drawn wholly from the identity-only source: every attribute unknown
+    torch.manual_seed(0)
+    model = ALFO(16, schema=load_schema(custom_root / 'schema.yaml'), pretrained=False,
+                 last_stride=1).train()
+    widths = attribute_logit_widths(model.schema.num_classes)
+    outputs = model(torch.randn(4, 3, 128, 64))
+    pids = torch.tensor([8, 9, 9, 15])
+    out = ALFOLoss(16, widths, use_gpu=False)(outputs, pids, torch.full((4, 5), -1))
+    assert out.attr.item() == 0 and torch.equal(out.winners, torch.full((5,), -1))
+    assert out.total.item() == out.id.item()
+    out.total.backward()
+    assert model.classifier.weight.grad.abs().sum() > 0
+    assert model.attribute_heads.weight.grad.abs().sum() == 0
+    model.record_votes(out.winners)
+    assert model.vote_counts.sum() == 0
+
+
 # -- faults --------------------------------------------------------------------------
 
 def manifest_rows(custom_root):
     with open(custom_root / 'manifest.csv', newline='') as f:
         return list(csv.reader(f))
+
+
+def absolute(rows, folder):
+    """The manifest ``rows`` with image paths made absolute (they were under ``folder``)."""
+    return [row if i == 0 else [str(folder / row[0])] + row[1:] for i, row in enumerate(rows)]
 
 
 def with_labels(rows):
@@ -287,7 +317,8 @@ FAULTS = {
                    r'line 1: the header must start with image,pid,camid,split'),
     'unknown column': (lambda rows: rows[0].__setitem__(8, 'hat'),
                        r'line 1: column "hat" is not an attribute of the toyshop schema'),
-    'image twice': (lambda rows: rows.append(list(rows[1])), r'is listed twice \(first on line 2\)'),
+    'image twice': (lambda rows: rows.append(list(rows[1])),
+                    r'is listed twice \(first on line 2\)'),
     'no query': (lambda rows: rows.__setitem__(slice(None), [r for r in rows if r[3] != 'query']),
                  r'split "query" has no image'),
     'query in one camera': (
@@ -304,11 +335,17 @@ def test_a_malformed_manifest_is_one_line_naming_file_line_and_column(name, cust
     damage, message = FAULTS[name]
     damage(rows)
     path = tmp_path / 'manifest.csv'
-    write_csv(path, [[r if i or j else str(custom_root / r) for j, r in enumerate(row)]
-                     if i else row for i, row in enumerate(rows)])
+    write_csv(path, absolute(rows, custom_root))
     with pytest.raises(DatasetError, match=message) as raised:
         read_manifest(path, load_schema(custom_root / 'schema.yaml'))
     assert '\n' not in str(raised.value) and f'manifest "{path}"' in str(raised.value)
+
+
+def test_a_manifest_without_attributes_is_an_identity_only_dataset(custom_root):
+    contents = read_manifest(custom_root / 'manifest.csv', None, name='plain')
+    assert len(contents.schema) == 0 and contents.schema.dataset == 'plain'
+    assert {len(labels) for labels in contents.image_attrs.values()} == {0}
+    assert sorted({item[1] for item in contents.train}) == list(range(8))
 
 
 def test_labels_in_two_places_or_without_schema_are_refused(custom_root):
@@ -363,9 +400,7 @@ def test_fuzzed_manifests_end_tools_main_in_one_line(seed, custom_root, tmp_path
     root = tmp_path / 'data'
     root.mkdir()
     shutil.copy(custom_root / 'schema.yaml', root)
-    rows = with_labels(manifest_rows(custom_root))
-    rows = [row if i == 0 else [str(custom_root / row[0])] + row[1:]
-            for i, row in enumerate(rows)]
+    rows = absolute(with_labels(manifest_rows(custom_root)), custom_root)
     write_csv(root / 'manifest.csv', fuzzed(random.Random(seed), rows))
     status, out, err = run_main('--config-file', CUSTOM_CONFIG, '--root', root, *TINY,
                                 'data.save_dir', tmp_path / 'run')

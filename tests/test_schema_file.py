@@ -57,15 +57,14 @@ def test_a_checkpoint_dict_without_class_names_still_loads():
 
 
 CUSTOM = """\
-dataset: toyshop
+dataset: station
 attributes:
-  gender: [man, woman]
-  age: [child, adult, senior]
-  shirt_red: [no, yes]
-  shirt_blue: [no, yes]
+  bag: [none, small, large]
+  coat_black: [no, yes]
+  coat_grey: [no, yes]
   on: [off, on]
 colour_groups:
-  shirt: [shirt_red, shirt_blue]
+  coat: [coat_black, coat_grey]
 """
 
 
@@ -73,11 +72,11 @@ def test_a_custom_file_names_its_classes_and_colour_form(tmp_path):
     path = tmp_path / 'schema.yaml'
     path.write_text(CUSTOM)
     schema = load_schema(path)
-    assert schema.names == ('gender', 'age', 'shirt_red', 'shirt_blue', 'on')
-    assert schema.num_classes == (2, 3, 2, 2, 2)
-    assert schema.class_names('age') == ('child', 'adult', 'senior')
+    assert schema.names == ('bag', 'coat_black', 'coat_grey', 'on')
+    assert schema.num_classes == (3, 2, 2, 2)
+    assert schema.class_names('bag') == ('none', 'small', 'large')
     assert schema.class_names('on') == ('off', 'on')  # YAML's booleans stay words
-    assert schema.colour_forms() == {'shirt_colour': {'red': 'shirt_red', 'blue': 'shirt_blue'}}
+    assert schema.colour_forms() == {'coat_colour': {'black': 'coat_black', 'grey': 'coat_grey'}}
     assert AttributeSchema.from_dict(schema.to_dict()) == schema
 
 
@@ -129,10 +128,10 @@ def mutations(rng):
         ('class that is a number', lambda c: c['attributes'][attribute].append(rng.randint(0, 9))),
         ('class that is a mapping', lambda c: c['attributes'][attribute].append({'a': 1})),
         ('empty attributes', lambda c: c.update(attributes={})),
-        ('group of one', lambda c: c['colour_groups'].update(shirt=['shirt_red'])),
-        ('group naming a stranger', lambda c: c['colour_groups']['shirt'].append('hat')),
+        ('group of one', lambda c: c['colour_groups'].update(coat=['coat_black'])),
+        ('group naming a stranger', lambda c: c['colour_groups']['coat'].append('hat')),
         ('dataset a list', lambda c: c.update(dataset=['a'])),
-        ('groups a list', lambda c: c.update(colour_groups=['shirt_red'])),
+        ('groups a list', lambda c: c.update(colour_groups=['coat_black'])),
         ('extra key', lambda c: c.update({rng.choice(['name', 'classes', 'attrs']): 1})),
     ]
     what, damage = rng.choice(choices)
