@@ -4,7 +4,10 @@ An :class:`AttributeSchema` fixes the order of the attributes that every label
 vector, classifier head and metric of this package follows. Labels are 0-based:
 the annotation files store 1/2 (no/yes) and Market's age 1..4; here they are
 0/1 and 0..3, and -1 means "unknown" (junk and distractor images, and the
-few labels the annotators left out).
+few labels the annotators left out). A schema is data: :func:`load_schema`
+reads a YAML schema file (:mod:`alfo_torchreid.data.schema_file`); Market's and
+Duke's (:data:`MARKET_SCHEMA`, :data:`DUKE_SCHEMA`) are the files shipped in
+``alfo_torchreid/data/schemas/``.
 
 :func:`load_attribute_file` reads and validates an annotation file of the
 annotators (vana77/Market-1501_Attribute, vana77/DukeMTMC-attribute): a MATLAB

@@ -79,24 +79,9 @@ def read_manifest(path, schema=None, identity_attributes=None, name='custom'):
         DatasetError: naming the file, line and column at fault.
     """
     header, rows = _read_csv(path, 'manifest')
-    if tuple(header[:len(COLUMNS)]) != COLUMNS:
-        raise DatasetError(f'manifest "{path}", line 1: the header must start with '
-                           f'{",".join(COLUMNS)}, got {",".join(header[:len(COLUMNS)])}')
-    image_columns = header[len(COLUMNS):]
-    if schema is None:
-        if image_columns or identity_attributes:
-            labels = f'columns {image_columns}' if image_columns else f'"{identity_attributes}"'
-            raise DatasetError(f'manifest "{path}" has attribute labels ({labels}) but no '
-                               'schema: give the schema file (data.custom.schema)')
-        schema = AttributeSchema(name, (), (), {})
-    elif identity_attributes and image_columns:
-        raise DatasetError(f'manifest "{path}" has attribute columns and labels per identity '
-                           f'are given too ("{identity_attributes}"): give them in one place')
-    elif not identity_attributes:
-        _check_attribute_columns(path, image_columns, schema)
+    schema, columns = _label_columns(path, header, schema, identity_attributes, name)
     root = osp.dirname(osp.abspath(path))
-    items, image_attrs = {split: [] for split in SPLITS}, {}
-    first_line = {}
+    items, image_attrs, first_line = {split: [] for split in SPLITS}, {}, {}
     for line, row in rows:
         where = f'manifest "{path}", line {line}'
         image, pid, camid, split = _read_item(where, row, root)
@@ -105,8 +90,7 @@ def read_manifest(path, schema=None, identity_attributes=None, name='custom'):
                                f'{first_line[image]})')
         first_line[image] = line
         items[split].append((image, pid, camid, 0))
-        image_attrs[image] = _read_labels(where, dict(zip(image_columns, row[len(COLUMNS):])),
-                                          schema)
+        image_attrs[image] = _read_labels(where, dict(zip(columns, row[len(COLUMNS):])), schema)
     if identity_attributes:
         _label_identities(identity_attributes, schema, items, image_attrs)
     _check_splits(path, items, first_line)
@@ -114,10 +98,31 @@ def read_manifest(path, schema=None, identity_attributes=None, name='custom'):
                     image_attrs, schema)
 
 
+def _label_columns(path, header, schema, identity_attributes, name):
+    """(the schema, an empty one for an identity-only dataset; the manifest's
+    attribute columns) after checking the header against them."""
+    if tuple(header[:len(COLUMNS)]) != COLUMNS:
+        raise DatasetError(f'manifest "{path}", line 1: the header must start with '
+                           f'{",".join(COLUMNS)}, got {",".join(header[:len(COLUMNS)])}')
+    columns = header[len(COLUMNS):]
+    if schema is None:
+        if columns or identity_attributes:
+            labels = f'columns {columns}' if columns else f'"{identity_attributes}"'
+            raise DatasetError(f'manifest "{path}" has attribute labels ({labels}) but no '
+                               'schema: give the schema file (data.custom.schema)')
+        return AttributeSchema(name, (), (), {}), columns
+    if identity_attributes and columns:
+        raise DatasetError(f'manifest "{path}" has attribute columns and labels per identity '
+                           f'are given too ("{identity_attributes}"): give them in one place')
+    if not identity_attributes:
+        _check_attribute_columns(path, columns, schema)
+    return schema, columns
+
+
 def _read_csv(path, what):
     """(header, [(line number, row)]) of a CSV file, every row as long as the header."""
     try:
-        with open(path, newline='', encoding='utf-8') as f:
+        with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: a spreadsheet's BOM
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
             rows = [(reader.line_num, [c.strip() for c in row]) for row in reader if row]
