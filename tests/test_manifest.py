@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import random
+import re
 import runpy
 import shutil
 from pathlib import Path
@@ -22,7 +23,9 @@ import numpy as np
 import pytest
 import torch
 import torchreid
+import yaml
 from alfo_run import history_without_times, load_tool, market_split
+from test_schema_file import mutations
 
 from alfo_torchreid import config
 from alfo_torchreid.data.attributes import MARKET_SCHEMA, load_schema
@@ -110,6 +113,26 @@ def custom_root(toy_datasets, module_tmp):
 def custom_args(root, save_dir, *extra):
     return ['--config-file', CUSTOM_CONFIG, '--root', root, *TINY, 'data.save_dir', save_dir,
             'data.custom.identity_attributes', 'identities.csv', *extra]
+
+
+def test_the_readmes_example_is_a_valid_schema_and_manifest(tmp_path):
+    readme = (REPO / 'README.md').read_text()
+    schema_text = re.search(r'^```yaml\n# my-data/schema.yaml\n(.*?)^```$', readme,
+                            re.M | re.S).group(1)
+    manifest_text = re.search(r'^```\n(image,pid,camid,split.*?)^```$', readme,
+                              re.M | re.S).group(1)
+    (tmp_path / 'schema.yaml').write_text(schema_text)
+    (tmp_path / 'manifest.csv').write_text(manifest_text)
+    for row in list(csv.reader(io.StringIO(manifest_text)))[1:]:
+        (tmp_path / row[0]).parent.mkdir(exist_ok=True)
+        (tmp_path / row[0]).write_bytes(b'')
+    schema = load_schema(tmp_path / 'schema.yaml')
+    manifest = read_manifest(tmp_path / 'manifest.csv', schema)
+    assert schema.colour_forms() == {'shirt_colour': {'red': 'shirt_red', 'blue': 'shirt_blue',
+                                                      'green': 'shirt_green'}}
+    assert [len(manifest.train), len(manifest.query), len(manifest.gallery)] == [4, 1, 2]
+    assert manifest.image_attrs[str(tmp_path / 'train' / '0002_c3_001.jpg')].tolist() == \
+        [0, -1, 0, 0, 1]
 
 
 # -- the toy Market as a manifest --------------------------------------------
@@ -395,6 +418,18 @@ def fuzzed(rng, rows):
     return rows
 
 
+def refused_line(root, save_dir):
+    """tools/main.py on configs/alfo_custom.yaml and ``root``: asserts exit status 2,
+    one error line, no traceback, nothing written; returns the line."""
+    status, out, err = run_main('--config-file', CUSTOM_CONFIG, '--root', root, *TINY,
+                                'data.save_dir', save_dir)
+    errors = [line for line in err.splitlines() if line.startswith('error: ')]
+    assert status == 2 and len(errors) == 1 and 'Traceback' not in out + err, err
+    # nothing written but the folder's lock
+    assert [p.name for p in save_dir.iterdir()] == ['.lock']
+    return errors[0]
+
+
 @pytest.mark.parametrize('seed', range(24))
 def test_fuzzed_manifests_end_tools_main_in_one_line(seed, custom_root, tmp_path):
     root = tmp_path / 'data'
@@ -402,10 +437,15 @@ def test_fuzzed_manifests_end_tools_main_in_one_line(seed, custom_root, tmp_path
     shutil.copy(custom_root / 'schema.yaml', root)
     rows = absolute(with_labels(manifest_rows(custom_root)), custom_root)
     write_csv(root / 'manifest.csv', fuzzed(random.Random(seed), rows))
-    status, out, err = run_main('--config-file', CUSTOM_CONFIG, '--root', root, *TINY,
-                                'data.save_dir', tmp_path / 'run')
-    errors = [line for line in err.splitlines() if line.startswith('error: ')]
-    assert status == 2 and len(errors) == 1 and 'Traceback' not in out + err, err
-    assert 'manifest.csv' in errors[0]
-    # nothing written but the folder's lock
-    assert [p.name for p in (tmp_path / 'run').iterdir()] == ['.lock']
+    assert 'manifest.csv' in refused_line(root, tmp_path / 'run')
+
+
+@pytest.mark.parametrize('seed', range(12))
+def test_fuzzed_schema_files_end_tools_main_in_one_line(seed, custom_root, tmp_path):
+    root = tmp_path / 'data'
+    root.mkdir()
+    shutil.copy(custom_root / 'identities.csv', root)
+    write_csv(root / 'manifest.csv', absolute(manifest_rows(custom_root), custom_root))
+    what, content = mutations(random.Random(seed), SCHEMA)
+    (root / 'schema.yaml').write_text(yaml.safe_dump(content))
+    assert 'schema.yaml' in refused_line(root, tmp_path / 'run'), what

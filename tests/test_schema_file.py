@@ -118,20 +118,22 @@ def test_a_missing_file_names_the_shipped_schemas(tmp_path):
         load_schema(tmp_path / 'nope.yaml')
 
 
-def mutations(rng):
-    """Random damage to a valid schema's parsed content: (what, content)."""
-    content = yaml.safe_load(CUSTOM)
+def mutations(rng, text=CUSTOM):
+    """Random damage to a valid schema file's parsed ``text``: (what, content)."""
+    content = yaml.safe_load(text)
     attribute = rng.choice(list(content['attributes']))
+    group = next(iter(content['colour_groups']))
+    member = content['colour_groups'][group][0]
     choices = [
         ('attribute with a scalar', lambda c: c['attributes'].update({attribute: 'yes'})),
         ('attribute with one class', lambda c: c['attributes'].update({attribute: ['a']})),
         ('class that is a number', lambda c: c['attributes'][attribute].append(rng.randint(0, 9))),
         ('class that is a mapping', lambda c: c['attributes'][attribute].append({'a': 1})),
         ('empty attributes', lambda c: c.update(attributes={})),
-        ('group of one', lambda c: c['colour_groups'].update(coat=['coat_black'])),
-        ('group naming a stranger', lambda c: c['colour_groups']['coat'].append('hat')),
+        ('group of one', lambda c: c['colour_groups'].update({group: [member]})),
+        ('group naming a stranger', lambda c: c['colour_groups'][group].append('stranger')),
         ('dataset a list', lambda c: c.update(dataset=['a'])),
-        ('groups a list', lambda c: c.update(colour_groups=['coat_black'])),
+        ('groups a list', lambda c: c.update(colour_groups=[member])),
         ('extra key', lambda c: c.update({rng.choice(['name', 'classes', 'attrs']): 1})),
     ]
     what, damage = rng.choice(choices)
