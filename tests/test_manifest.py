@@ -371,6 +371,21 @@ def test_a_manifest_without_attributes_is_an_identity_only_dataset(custom_root):
     assert sorted({item[1] for item in contents.train}) == list(range(8))
 
 
+def test_make_manifest_refuses_a_missing_split_and_an_existing_manifest(toy_datasets, tmp_path,
+                                                                         capsys):
+    tool = load_tool('make_manifest')
+    assert tool.main([str(tmp_path), '--out', str(tmp_path / 'm.csv')]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f'error: folder "{tmp_path}/bounding_box_train" does not exist; expected '
+        f'bounding_box_train, query, bounding_box_test in "{tmp_path}"']
+    (tmp_path / 'm.csv').write_text('labels written by hand')
+    data_dir = str(toy_datasets['market1501'].data_dir)
+    assert tool.main([data_dir, '--out', str(tmp_path / 'm.csv')]) == 2
+    assert 'exists (it may hold labels written by hand); pass --force' in capsys.readouterr().err
+    assert tool.main([data_dir, '--out', str(tmp_path / 'm.csv'), '--force']) == 0
+    assert (tmp_path / 'm.csv').read_text().startswith('image,pid,camid,split\n')
+
+
 def test_labels_in_two_places_or_without_schema_are_refused(custom_root):
     schema = load_schema(custom_root / 'schema.yaml')
     labelled = custom_root / 'labelled.csv'

@@ -17,7 +17,7 @@ import sys
 
 from alfo_torchreid.data.attributes import load_attribute_file
 from alfo_torchreid.data.manifest import market_layout_rows, write_manifest
-from alfo_torchreid.utils.errors import run_command
+from alfo_torchreid.utils.errors import DatasetError, run_command
 
 
 def parse_args(argv=None):
@@ -29,6 +29,8 @@ def parse_args(argv=None):
     parser.add_argument('--attributes', default=None,
                         help='an annotation .mat of Market-1501_attribute or '
                              'DukeMTMC-attribute: writes its labels as class names')
+    parser.add_argument('--force', action='store_true',
+                        help='replace --out if it exists (it may hold labels written by hand)')
     return parser.parse_args(argv)
 
 
@@ -36,6 +38,9 @@ def main(argv=None):
     args = parse_args(argv)
 
     def make():
+        if osp.exists(args.out) and not args.force:
+            raise DatasetError(f'manifest "{args.out}" exists (it may hold labels written by '
+                               'hand); pass --force to replace it')
         annotation = load_attribute_file(args.attributes) if args.attributes else None
         header, rows = market_layout_rows(args.data_dir, osp.dirname(osp.abspath(args.out)),
                                           annotation)
