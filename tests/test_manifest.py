@@ -32,7 +32,7 @@ from alfo_torchreid.data.attributes import MARKET_SCHEMA, load_schema
 from alfo_torchreid.data.manifest import read_manifest, register_manifest_dataset
 from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
 from alfo_torchreid.models import ALFO
-from alfo_torchreid.utils.errors import ConfigError, DatasetError
+from alfo_torchreid.utils.errors import AttributeFileError, ConfigError, DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = runpy.run_path(str(REPO / 'tools' / 'main.py'))['main']
@@ -409,6 +409,16 @@ def test_bad_custom_keys_are_refused(overrides, message, custom_root):
     with pytest.raises(ConfigError, match=message):
         config.load_config(CUSTOM_CONFIG, ['data.custom.identity_attributes', 'x.csv',
                                            *overrides])
+
+
+def test_files_are_found_under_the_data_root(custom_root):
+    register_manifest_dataset('my_data', 'manifest.csv', 'nope.yaml')
+    with pytest.raises(AttributeFileError, match=f'schema file "{custom_root}/nope.yaml" does '
+                                                 'not exist'):
+        torchreid.data.datasets.init_image_dataset('my_data', root=str(custom_root))
+    register_manifest_dataset('my_data', 'nope.csv')
+    with pytest.raises(DatasetError, match=f'manifest "{custom_root}/nope.csv" does not exist'):
+        torchreid.data.datasets.init_image_dataset('my_data', root=str(custom_root))
 
 
 def test_a_custom_name_may_not_hide_a_torchreid_dataset():

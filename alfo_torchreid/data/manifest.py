@@ -39,6 +39,7 @@ import numpy as np
 from alfo_torchreid.data.attributes import UNKNOWN, AttributeSchema, load_schema
 from alfo_torchreid.data.datasets import (IMAGE_NAME_PATTERN, AttributeMixin,
                                           relabel_by_person_id)
+from alfo_torchreid.data.schema_file import shipped_schema_path
 from alfo_torchreid.utils import compat
 from alfo_torchreid.utils.atomic import write_file
 from alfo_torchreid.utils.errors import ConfigError, DatasetError
@@ -267,9 +268,9 @@ class ManifestDataset(AttributeMixin, compat.ImageDataset):
 
     @staticmethod
     def _under(root, path):
-        """``path`` under ``root`` when it is a file there, else as given (a shipped name)."""
+        """``path`` under ``root``, unless it is a shipped schema's name and no file there."""
         candidate = osp.join(root, path)
-        return candidate if osp.isfile(candidate) else path
+        return path if not osp.isfile(candidate) and shipped_schema_path(path) else candidate
 
 
 def register_manifest_dataset(name, manifest, schema='', identity_attributes=''):
