@@ -56,6 +56,12 @@ def test_a_checkpoint_dict_without_class_names_still_loads():
     assert other.classes == (('no', 'yes'), ('0', '1', '2'))
 
 
+def test_the_union_with_a_source_without_attributes_is_the_other_schema():
+    plain = AttributeSchema('plain', (), (), {})
+    assert not plain and MARKET_SCHEMA.union(plain) is MARKET_SCHEMA
+    assert plain.union(DUKE_SCHEMA) is DUKE_SCHEMA
+
+
 CUSTOM = """\
 dataset: station
 attributes:

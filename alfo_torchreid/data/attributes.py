@@ -123,8 +123,10 @@ class AttributeSchema:
         Raises:
             AttributeFileError: an attribute of both has different class counts.
         """
-        if self == other:
+        if self == other or not other:
             return self
+        if not self:  # an identity-only source (no attributes) first
+            return other
         for name in set(self.names) & set(other.names):
             if self.num_classes[self.index(name)] != other.num_classes[other.index(name)]:
                 raise AttributeFileError(
