@@ -121,18 +121,18 @@ class AttributeSchema:
         key are merged the same way.
 
         Raises:
-            AttributeFileError: an attribute of both has different class counts.
+            AttributeFileError: an attribute of both has different classes.
         """
         if self == other or not other:
             return self
         if not self:  # an identity-only source (no attributes) first
             return other
-        for name in set(self.names) & set(other.names):
-            if self.num_classes[self.index(name)] != other.num_classes[other.index(name)]:
+        for name in sorted(set(self.names) & set(other.names)):
+            if self.class_names(name) != other.class_names(name):
                 raise AttributeFileError(
                     f'cannot combine the attributes of {self.dataset} and {other.dataset}: '
-                    f'{name!r} has {self.num_classes[self.index(name)]} classes in the first '
-                    f'and {other.num_classes[other.index(name)]} in the second')
+                    f'{name!r} has the classes {list(self.class_names(name))} in the first '
+                    f'and {list(other.class_names(name))} in the second')
         new = [i for i, name in enumerate(other.names) if name not in self.names]
         groups = dict(self.colour_groups)
         for key, members in other.colour_groups.items():
