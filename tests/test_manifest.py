@@ -13,6 +13,7 @@ import contextlib
 import csv
 import io
 import json
+import pickle
 import random
 import re
 import runpy
@@ -147,6 +148,8 @@ def test_the_manifest_of_toy_market_is_market1501_attr(market_manifest, toy_root
     assert ours.image_attrs.keys() == theirs.image_attrs.keys()
     for path, labels in theirs.image_attrs.items():
         assert np.array_equal(ours.image_attrs[path], labels), path
+    # what a spawned DataLoader worker receives
+    assert pickle.loads(pickle.dumps(ours)).schema == ours.schema
 
 
 def first_batch(cfg):

@@ -27,6 +27,7 @@ ascending id order, as :mod:`alfo_torchreid.data.datasets` does.
 point ``tools/make_manifest.py`` writes.
 """
 import csv
+import functools
 import glob
 import io
 import os
@@ -247,23 +248,26 @@ def _check_splits(path, items, first_line):
 # -- the dataset in torchreid -------------------------------------------------
 
 class ManifestDataset(AttributeMixin, compat.ImageDataset):
-    """A manifest's dataset; :func:`register_manifest_dataset` makes the
-    subclass of one manifest, which torchreid builds with ``root=`` (the data
-    root: relative files are under it) and its usual keyword arguments."""
-    name = None
-    manifest = None
-    schema_file = None  # a path or shipped schema name; None for identity-only
-    identity_attributes = None
+    """A manifest's dataset, as torchreid builds it.
 
-    def __init__(self, root='', **kwargs):
+    Args:
+        root (str): the data root; relative files are under it.
+        manifest, schema, identity_attributes (str): as
+            :func:`register_manifest_dataset`'s.
+        name (str): the registered name.
+        **kwargs: as torchreid's ``ImageDataset`` (transform, mode, ...).
+    """
+
+    def __init__(self, root='', manifest='', schema='', identity_attributes='', name='custom',
+                 **kwargs):
         root = osp.abspath(osp.expanduser(root))
-        manifest = osp.join(root, self.manifest)
-        schema = load_schema(self._under(root, self.schema_file)) if self.schema_file else None
-        identity = osp.join(root, self.identity_attributes) if self.identity_attributes else None
-        contents = read_manifest(manifest, schema, identity, self.name)
+        self.name = name
+        self.attribute_file = osp.join(root, manifest)
+        contents = read_manifest(
+            self.attribute_file, load_schema(self._under(root, schema)) if schema else None,
+            osp.join(root, identity_attributes) if identity_attributes else None, name)
         self.schema = contents.schema
         self.image_attrs = contents.image_attrs
-        self.attribute_file = manifest
         super().__init__(contents.train, contents.query, contents.gallery, **kwargs)
 
     @staticmethod
@@ -274,7 +278,9 @@ class ManifestDataset(AttributeMixin, compat.ImageDataset):
 
 
 def register_manifest_dataset(name, manifest, schema='', identity_attributes=''):
-    """Registers the manifest's dataset into torchreid under ``name``.
+    """Registers the manifest's dataset into torchreid under ``name``: a
+    :class:`ManifestDataset` with these files (its instances pickle by class
+    name, as a spawned DataLoader worker needs).
 
     Args:
         name (str): the name sources and targets use.
@@ -287,12 +293,11 @@ def register_manifest_dataset(name, manifest, schema='', identity_attributes='')
     """
     registry = compat.image_datasets()
     known = registry.get(name)
-    if known is not None and not issubclass(known, ManifestDataset):
+    if known is not None and getattr(known, 'func', None) is not ManifestDataset:
         raise ConfigError(f'data.custom.name "{name}" is already a torchreid or ALFO dataset; '
                           'choose another name')
-    registry[name] = type(f'ManifestDataset_{name}', (ManifestDataset,), {
-        'name': name, 'manifest': manifest, 'schema_file': schema or None,
-        'identity_attributes': identity_attributes or None})
+    registry[name] = functools.partial(ManifestDataset, manifest=manifest, schema=schema,
+                                       identity_attributes=identity_attributes, name=name)
 
 
 # -- a manifest of a tree in Market-1501's layout -------------------------------
