@@ -7,6 +7,8 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['alfo_torchreid', 'alfo_torchreid.*']),
+    # the shipped attribute schemas (Market-1501_attribute, DukeMTMC-attribute)
+    package_data={'alfo_torchreid.data': ['schemas/*.yaml']},
     python_requires='>=3.9',
     install_requires=[
         # the supported range: 2.14.1 is CI's pin (constraints.txt), 2.11 the lent GPU

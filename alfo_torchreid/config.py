@@ -195,6 +195,16 @@ def add_alfo_config(cfg):
     cfg.alfo.attr_file = CN()
     cfg.alfo.attr_file.market1501_attr = ''
     cfg.alfo.attr_file.dukemtmcreid_attr = ''
+    # A dataset of the user's own (alfo_torchreid.data.manifest), registered into
+    # torchreid under data.custom.name for data.sources / data.targets. Files are
+    # relative to data.root: the manifest CSV, the schema YAML (or a shipped
+    # schema's name, e.g. market1501; '' for a dataset without attributes) and
+    # an optional CSV of labels per identity.
+    cfg.data.custom = CN()
+    cfg.data.custom.name = ''
+    cfg.data.custom.manifest = ''
+    cfg.data.custom.schema = ''
+    cfg.data.custom.identity_attributes = ''
     # > 0: the test ranks by re-ID distance + this x the query's median distance x
     # the attribute disagreement (attribute_match.attribute_reranked), as
     # tools/search.py --attr-weight does; 0: torchreid's ranking
@@ -510,6 +520,34 @@ def check_config(cfg):
     check_device(cfg)
     check_precision(cfg)
     check_processes(cfg, distributed.environment_world_size())
+    check_custom_data(cfg.data)
+
+
+CUSTOM_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
+
+
+def check_custom_data(data):
+    """Refuses a ``data.custom`` section that cannot describe a dataset (the
+    files themselves are checked when the dataset is built)."""
+    custom = data.custom
+    if not custom.name:
+        given = [k for k in ('manifest', 'schema', 'identity_attributes') if custom[k]]
+        if given:
+            raise ConfigError(f'data.custom.{given[0]} is set but data.custom.name is empty: '
+                              'name the dataset, and use that name in data.sources/targets')
+        return
+    if not CUSTOM_NAME.fullmatch(custom.name):
+        raise ConfigError(f'data.custom.name must be letters, digits, "_", "." or "-", '
+                          f'got {custom.name!r}')
+    if not custom.manifest:
+        raise ConfigError(f'data.custom.name {custom.name!r} needs data.custom.manifest, '
+                          'the CSV of its images')
+    if custom.identity_attributes and not custom.schema:
+        raise ConfigError('data.custom.identity_attributes needs data.custom.schema, the '
+                          'attributes its columns name')
+    if custom.name not in list(data.sources) + list(data.targets):
+        raise ConfigError(f'data.custom.name {custom.name!r} is in neither data.sources '
+                          f'{list(data.sources)} nor data.targets {list(data.targets)}')
 
 
 def check_device(cfg):

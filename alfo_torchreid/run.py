@@ -37,10 +37,11 @@ import alfo_torchreid  # noqa: F401  (registers datasets and models into torchre
 from alfo_torchreid import config
 from alfo_torchreid.data import samplers
 from alfo_torchreid.data.datasets import attribute_files
+from alfo_torchreid.data.manifest import register_manifest_dataset
 from alfo_torchreid.engine import precision
 from alfo_torchreid.engine.engine import (BaselineEngine, BaselineTripletEngine,
                                           ImageFocalVoteEngine, unwrap)
-from alfo_torchreid.utils import checkpoints, distributed, weights
+from alfo_torchreid.utils import checkpoints, compat, distributed, weights
 from alfo_torchreid.utils.atomic import write_file
 from alfo_torchreid.utils.errors import DatasetError, RunFolderError
 from alfo_torchreid.utils.run_folder import RunFolder, read_history, restore_history
@@ -286,6 +287,9 @@ def build_datamanager(cfg):
     (torchreid would otherwise try to download a missing one, or fail obscurely).
     Under torchrun its training loader is replaced by this process's
     (:func:`alfo_torchreid.data.samplers.process_train_loader`)."""
+    if cfg.data.custom.name:
+        c = cfg.data.custom
+        register_manifest_dataset(c.name, c.manifest, c.schema, c.identity_attributes)
     for name in dict.fromkeys(list(cfg.data.sources) + list(cfg.data.targets)):
         check_dataset_folder(cfg.data.root, name)
     with attribute_files(**cfg.alfo.attr_file):
@@ -300,7 +304,7 @@ def build_datamanager(cfg):
 
 def check_dataset_folder(root, name):
     """Raises DatasetError when ``root/<dataset_dir>`` of dataset ``name`` is missing."""
-    registry = vars(torchreid.data.datasets)['__image_datasets']
+    registry = compat.image_datasets()
     if name not in registry:
         raise DatasetError(f'unknown dataset "{name}"; known: {sorted(registry)}')
     dataset_dir = getattr(registry[name], 'dataset_dir', None)
@@ -318,10 +322,11 @@ def build_model(cfg, datamanager):
     num_classes = datamanager.num_train_pids
     if config.is_alfo(cfg):
         schema = getattr(datamanager.train_loader.dataset, 'schema', None)
-        if schema is None:
+        if not schema:
             raise DatasetError(
                 f'model {cfg.model.name} needs attribute labels but the training data '
-                f'{list(cfg.data.sources)} has none: use market1501_attr or dukemtmcreid_attr')
+                f'{list(cfg.data.sources)} has none: use market1501_attr, dukemtmcreid_attr or '
+                'a manifest with a schema (data.custom), listed first in data.sources')
         from alfo_torchreid.models import ALFO, overlapping_stripes
 
         # fail before training when the map is too short for the stripes

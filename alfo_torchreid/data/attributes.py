@@ -4,7 +4,10 @@ An :class:`AttributeSchema` fixes the order of the attributes that every label
 vector, classifier head and metric of this package follows. Labels are 0-based:
 the annotation files store 1/2 (no/yes) and Market's age 1..4; here they are
 0/1 and 0..3, and -1 means "unknown" (junk and distractor images, and the
-few labels the annotators left out).
+few labels the annotators left out). A schema is data: :func:`load_schema`
+reads a YAML schema file (:mod:`alfo_torchreid.data.schema_file`); Market's and
+Duke's (:data:`MARKET_SCHEMA`, :data:`DUKE_SCHEMA`) are the files shipped in
+``alfo_torchreid/data/schemas/``.
 
 :func:`load_attribute_file` reads and validates an annotation file of the
 annotators (vana77/Market-1501_Attribute, vana77/DukeMTMC-attribute): a MATLAB
@@ -19,39 +22,17 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from alfo_torchreid.data.schema_file import (read_schema_file, shipped_schema_names,
+                                             shipped_schema_path)
 from alfo_torchreid.utils.errors import AttributeFileError
 
 UNKNOWN = -1
 
-# The classes of the attributes whose annotators' README names them other
-# than no/yes (0-based here: "male(1), female(2)" is 0 male, 1 female). The
-# meanings are the same where Market and Duke share a name.
-CLASS_NAMES = {
-    'age': ('young', 'teenager', 'adult', 'old'),
-    'gender': ('male', 'female'),
-    'hair': ('short', 'long'),
-    'up': ('long', 'short'),        # sleeve length
-    'down': ('long', 'short'),      # length of lower-body clothing
-    'clothes': ('dress', 'pants'),  # type of lower-body clothing
-    'top': ('short', 'long'),       # length of upper-body clothing (Duke)
-    'shoes': ('dark', 'light'),     # colour of shoes (Duke)
-}
 BINARY_CLASS_NAMES = ('no', 'yes')
-
-MARKET_UPPER_COLOURS = ('upblack', 'upwhite', 'upred', 'uppurple', 'upyellow',
-                        'upgray', 'upblue', 'upgreen')
-MARKET_LOWER_COLOURS = ('downblack', 'downwhite', 'downpink', 'downpurple',
-                        'downyellow', 'downgray', 'downblue', 'downgreen',
-                        'downbrown')
-DUKE_UPPER_COLOURS = ('upblack', 'upwhite', 'upred', 'uppurple', 'upgray',
-                      'upblue', 'upgreen', 'upbrown')
-DUKE_LOWER_COLOURS = ('downblack', 'downwhite', 'downred', 'downgray',
-                      'downblue', 'downgreen', 'downbrown')
-
 
 @dataclass(frozen=True)
 class AttributeSchema:
@@ -64,16 +45,27 @@ class AttributeSchema:
         colour_groups: the annotators' one-of-k groups, e.g.
             ``{'upper_colour': ('upblack', ...)}``; each group is evaluated as one
             argmax prediction in the annotators' protocol.
+        classes: the names of each attribute's classes, label 0 first, e.g.
+            ``('male', 'female')``. Left out (None), they are those of the
+            shipped schema with an attribute of the same name and class count,
+            else ``('no', 'yes')`` for a binary attribute, else ``'0'``, ``'1'``, ...
     """
     dataset: str
     names: Tuple[str, ...]
     num_classes: Tuple[int, ...]
     colour_groups: Dict[str, Tuple[str, ...]]
+    classes: Optional[Tuple[Tuple[str, ...], ...]] = None
 
     def __post_init__(self):
         if len(self.names) != len(self.num_classes):
             raise ValueError(
                 f'{len(self.names)} attribute names but {len(self.num_classes)} class counts')
+        if self.classes is None:
+            object.__setattr__(self, 'classes', tuple(
+                _default_classes(n, c) for n, c in zip(self.names, self.num_classes)))
+        if tuple(len(c) for c in self.classes) != tuple(self.num_classes):
+            raise ValueError(f'class names {self.classes} do not match the class counts '
+                             f'{self.num_classes} of attributes {self.names}')
         for group, members in self.colour_groups.items():
             unknown = [m for m in members if m not in self.names]
             if unknown:
@@ -93,22 +85,22 @@ class AttributeSchema:
             raise KeyError(f'{self.dataset} has no attribute {name!r}; it has {list(self.names)}')
 
     def class_names(self, name):
-        """The names of attribute ``name``'s classes, in label order: no/yes
-        for a binary attribute unless :data:`CLASS_NAMES` names them."""
-        classes = self.num_classes[self.index(name)]
-        names = CLASS_NAMES.get(name, BINARY_CLASS_NAMES if classes == 2 else ())
-        if len(names) != classes:  # an attribute of another annotation: number its classes
-            names = tuple(str(c) for c in range(classes))
-        return names
+        """The names of attribute ``name``'s classes, in label order."""
+        return self.classes[self.index(name)]
 
     def colour_forms(self):
         """The colour groups as one attribute each: ``{'upcolour': {'red':
         'upred', ...}, 'downcolour': {...}}``. A group's key is its members'
-        common prefix + ``colour``, each colour its member's name without it."""
+        common prefix + ``colour``, each colour its member's name without it;
+        for members without a common prefix (``red``, ``blue``), the group's
+        own key and its members' names."""
         forms = {}
-        for members in self.colour_groups.values():
+        for group, members in self.colour_groups.items():
             prefix = os.path.commonprefix(list(members))
-            forms[prefix + 'colour'] = {m[len(prefix):]: m for m in members}
+            if not prefix or prefix in members:
+                forms[group] = {m: m for m in members}
+            else:
+                forms[prefix + 'colour'] = {m[len(prefix):]: m for m in members}
         return forms
 
     @property
@@ -129,16 +121,18 @@ class AttributeSchema:
         key are merged the same way.
 
         Raises:
-            AttributeFileError: an attribute of both has different class counts.
+            AttributeFileError: an attribute of both has different classes.
         """
-        if self == other:
+        if self == other or not other:
             return self
-        for name in set(self.names) & set(other.names):
-            if self.num_classes[self.index(name)] != other.num_classes[other.index(name)]:
+        if not self:  # an identity-only source (no attributes) first
+            return other
+        for name in sorted(set(self.names) & set(other.names)):
+            if self.class_names(name) != other.class_names(name):
                 raise AttributeFileError(
                     f'cannot combine the attributes of {self.dataset} and {other.dataset}: '
-                    f'{name!r} has {self.num_classes[self.index(name)]} classes in the first '
-                    f'and {other.num_classes[other.index(name)]} in the second')
+                    f'{name!r} has the classes {list(self.class_names(name))} in the first '
+                    f'and {list(other.class_names(name))} in the second')
         new = [i for i, name in enumerate(other.names) if name not in self.names]
         groups = dict(self.colour_groups)
         for key, members in other.colour_groups.items():
@@ -148,45 +142,64 @@ class AttributeSchema:
             dataset=f'{self.dataset}+{other.dataset}',
             names=self.names + tuple(other.names[i] for i in new),
             num_classes=self.num_classes + tuple(other.num_classes[i] for i in new),
-            colour_groups=groups)
+            colour_groups=groups,
+            classes=self.classes + tuple(other.classes[i] for i in new))
 
     def to_dict(self):
         """A plain-data form, for checkpoints and JSON."""
         return {'dataset': self.dataset, 'names': list(self.names),
                 'num_classes': list(self.num_classes),
+                'classes': [list(c) for c in self.classes],
                 'colour_groups': {k: list(v) for k, v in self.colour_groups.items()}}
 
     @classmethod
     def from_dict(cls, d):
-        """The schema :meth:`to_dict` wrote (e.g. a checkpoint's signature)."""
+        """The schema :meth:`to_dict` wrote (e.g. a checkpoint's signature);
+        a dict written before schemas named their classes (no ``'classes'``)
+        gets the default names (see the class's ``classes``)."""
+        classes = d.get('classes')
         return cls(d['dataset'], tuple(d['names']), tuple(d['num_classes']),
-                   {k: tuple(v) for k, v in d['colour_groups'].items()})
+                   {k: tuple(v) for k, v in d['colour_groups'].items()},
+                   None if classes is None else tuple(tuple(c) for c in classes))
 
 
-_MARKET_NAMES = ('age', 'backpack', 'bag', 'handbag', 'clothes', 'down', 'up',
-                 'hair', 'hat', 'gender') + MARKET_UPPER_COLOURS + MARKET_LOWER_COLOURS
+def load_schema(path_or_name):
+    """The schema of a YAML schema file (:mod:`alfo_torchreid.data.schema_file`).
 
-MARKET_SCHEMA = AttributeSchema(
-    dataset='market1501',
-    names=_MARKET_NAMES,
-    # age: young, teenager, adult, old; every other attribute is no/yes.
-    num_classes=tuple(4 if n == 'age' else 2 for n in _MARKET_NAMES),
-    colour_groups={'upper_colour': MARKET_UPPER_COLOURS,
-                   'lower_colour': MARKET_LOWER_COLOURS},
-)
+    Args:
+        path_or_name (str): a file, or the name of a shipped one
+            (``'market1501'``, ``'dukemtmcreid'``).
 
-_DUKE_NAMES = ('backpack', 'bag', 'handbag', 'boots', 'gender', 'hat', 'shoes',
-               'top') + DUKE_LOWER_COLOURS + DUKE_UPPER_COLOURS
+    Raises:
+        AttributeFileError: naming the file, the attribute and what is wrong.
+    """
+    path = str(path_or_name)
+    if not os.path.isfile(path):
+        shipped = shipped_schema_path(path)
+        if shipped is None:
+            raise AttributeFileError(
+                f'schema file "{path}" does not exist; expected a YAML schema file or one of '
+                f'the shipped schemas {shipped_schema_names()}')
+        path = shipped
+    return AttributeSchema.from_dict(read_schema_file(path))
 
-DUKE_SCHEMA = AttributeSchema(
-    dataset='dukemtmcreid',
-    names=_DUKE_NAMES,
-    num_classes=(2,) * len(_DUKE_NAMES),
-    colour_groups={'upper_colour': DUKE_UPPER_COLOURS,
-                   'lower_colour': DUKE_LOWER_COLOURS},
-)
 
-SCHEMAS = {s.dataset: s for s in (MARKET_SCHEMA, DUKE_SCHEMA)}
+def _default_classes(name, num_classes):
+    """The class names of an attribute given without them (see ``AttributeSchema``)."""
+    for schema in SCHEMAS.values():
+        if name in schema.names and schema.num_classes[schema.index(name)] == num_classes:
+            return schema.class_names(name)
+    if num_classes == 2:
+        return BINARY_CLASS_NAMES
+    return tuple(str(c) for c in range(num_classes))
+
+
+# Market-1501_attribute's and DukeMTMC-attribute's attributes, from the files
+# shipped in alfo_torchreid/data/schemas/.
+SCHEMAS = {}  # filled below; _default_classes reads it
+MARKET_SCHEMA = load_schema('market1501')
+DUKE_SCHEMA = load_schema('dukemtmcreid')
+SCHEMAS.update((s.dataset, s) for s in (MARKET_SCHEMA, DUKE_SCHEMA))
 
 
 def convert_labels(labels, source, target):

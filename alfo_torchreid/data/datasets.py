@@ -94,6 +94,17 @@ def parse_image_name(path, num_cams, max_pid):
     return pid, camid
 
 
+def relabel_by_person_id(items):
+    """Training items with person ids replaced by labels ``0..n-1`` in ascending
+    order of the ids.
+
+    Args:
+        items: torchreid's list of (img_path, pid, camid[, dsetid]).
+    """
+    labels = {pid: label for label, pid in enumerate(sorted({item[1] for item in items}))}
+    return [(path, labels[pid], *rest) for path, pid, *rest in items]
+
+
 class AttributeMixin:
     """Adds ``attrs`` to the items of a torchreid image dataset.
 
@@ -261,13 +272,16 @@ class AnnotatedReIDMixin(AttributeMixin):
 
     def process_dir(self, dir_path, relabel=False):
         """torchreid's, after checking the folder and every file name; sorted by path
-        so that the order does not depend on the file system."""
+        and relabelled by :func:`relabel_by_person_id`, so that neither the order
+        nor the labels depend on the file system (torchreid numbers the ids in
+        the iteration order of a Python set)."""
         paths = glob.glob(osp.join(dir_path, '*.jpg'))
         if not paths:
             raise DatasetError(f'{type(self).__name__}: folder "{dir_path}" holds no .jpg images')
         for path in paths:
             parse_image_name(path, self.num_cams, self.max_pid)
-        return sorted(super().process_dir(dir_path, relabel))
+        items = sorted(super().process_dir(dir_path, relabel=False))
+        return relabel_by_person_id(items) if relabel else items
 
 
 class Market1501Attr(AnnotatedReIDMixin, compat.Market1501):

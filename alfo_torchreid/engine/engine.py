@@ -518,7 +518,10 @@ class ImageFocalVoteEngine(BaselineEngine):
             return
         dataset = self.test_loader[dataset_name]['gallery'].dataset
         schema = getattr(dataset, 'schema', None)
-        if schema is None or any(n not in self.schema.names for n in schema.names):
+        if not schema:
+            print(f'** No attribute evaluation on {dataset_name}: it has no attribute labels')
+            return
+        if any(n not in self.schema.names for n in schema.names):
             print(f'** No attribute evaluation on {dataset_name}: the model lacks its '
                   'attributes')
             return
@@ -526,6 +529,9 @@ class ImageFocalVoteEngine(BaselineEngine):
         target = torch.from_numpy(np.stack([dataset.image_attrs[item[0]]
                                             for item in dataset.data]))
         real = (target != -1).any(1)  # junk and distractor images carry no attributes
+        if not real.any():
+            print(f'** No attribute evaluation on {dataset_name}: its gallery has no labels')
+            return
         # in the target's attribute order (a union schema may hold more attributes)
         probs = [gallery.attributes[self.schema.index(n)][real] for n in schema.names]
         metrics = attribute_metrics(None, target[real], schema, probs=probs)

@@ -55,7 +55,8 @@ def _summary_groups(prediction, schema):
     age, the colour forms, the no/yes attributes that are yes."""
     forms = schema.colour_forms()
     classes = ' '.join(prediction[n][0] for n in SUMMARY_CLASSES if n in prediction)
-    colours = ' '.join(f'{form[:-len("colour")]} {prediction[form][0]}' for form in forms)
+    colours = ' '.join(f'{form.removesuffix("colour").rstrip("_") or form} '
+                       f'{prediction[form][0]}' for form in forms)
     worn = ' '.join(n for n in schema.names
                     if n not in schema.colour_members and n not in SUMMARY_CLASSES
                     and schema.class_names(n) == BINARY_CLASS_NAMES and prediction[n][0] == 'yes')

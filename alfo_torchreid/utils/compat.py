@@ -35,6 +35,12 @@ def model_factory():
     return vars(torchreid.models)['__model_factory']
 
 
+def image_datasets():
+    """torchreid's image dataset registry: the dict behind ``register_image_dataset``
+    and ``ImageDataManager`` (``__image_datasets`` in ``torchreid.data.datasets``)."""
+    return vars(torchreid.data.datasets)['__image_datasets']
+
+
 def read_image(path):
     """Reads an image as RGB, failing at once instead of retrying.
 

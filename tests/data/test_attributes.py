@@ -427,10 +427,17 @@ def test_union_of_market_and_duke():
     assert DUKE_SCHEMA.union(MARKET_SCHEMA).names[:23] == DUKE_SCHEMA.names
 
 
-def test_union_refuses_different_class_counts():
+def test_union_refuses_different_classes():
     other = AttributeSchema('custom', ('age', 'hat'), (2, 2), {})
     with pytest.raises(AttributeFileError, match=r"cannot combine the attributes of market1501 and "
-                                                 r"custom: 'age' has 4 classes in the first and 2"):
+                                                 r"custom: 'age' has the classes \['young', "
+                                                 r"'teenager', 'adult', 'old'\] in the first and "
+                                                 r"\['no', 'yes'\]"):
+        MARKET_SCHEMA.union(other)
+    # the same count, other meanings: Market's sleeves are long/short
+    other = AttributeSchema('custom', ('up',), (2,), {}, (('short', 'long'),))
+    with pytest.raises(AttributeFileError, match=r"'up' has the classes \['long', 'short'\] in "
+                                                 r"the first and \['short', 'long'\]"):
         MARKET_SCHEMA.union(other)
 
 

@@ -272,7 +272,8 @@ def test_write_attribute_mat_for_custom_files(tmp_path):
     # in a few entries of the real Duke file), a schema without an attribute
     # leaves its field out.
     schema = dataclasses.replace(
-        DUKE_SCHEMA, names=DUKE_SCHEMA.names[1:], num_classes=DUKE_SCHEMA.num_classes[1:])
+        DUKE_SCHEMA, names=DUKE_SCHEMA.names[1:], num_classes=DUKE_SCHEMA.num_classes[1:],
+        classes=DUKE_SCHEMA.classes[1:])
     train = {7: np.r_[-1, np.zeros(len(schema) - 1, int)], 3: np.ones(len(schema), int)}
     write_attribute_mat(tmp_path / 'x.mat', schema, train, {12: np.zeros(len(schema), int)})
     annotation = _load(tmp_path / 'x.mat', 'duke_attribute')
