@@ -510,7 +510,7 @@ def test_snapshots_hold_the_weights_alone_and_latest_the_whole_state(finished_ru
     snapshot_path = finished_run / 'model' / 'model.pth.tar-1'
     latest_path = finished_run / 'model' / 'latest.pth.tar'
     snapshot, latest = (checkpoints.load_checkpoint(p) for p in (snapshot_path, latest_path))
-    assert set(snapshot) == {'state_dict', 'epoch', 'rank1', 'signature'}
+    assert set(snapshot) == {'state_dict', 'epoch', 'rank1', 'signature', 'description'}
     assert {'optimizer', 'scheduler', 'rng'} <= set(latest)
     for name, tensor in snapshot['state_dict'].items():
         assert torch.equal(tensor, latest['state_dict'][name]), name
