@@ -626,10 +626,19 @@ ALFO_DESCRIBED_KEYS = tuple(f'alfo.{name}' for name in (
     'local_branch', 'attr_pred', 'feature'))
 
 
-def described_settings(cfg):
-    """``{config key: value}`` of the keys a checkpoint's description holds."""
-    keys = DESCRIBED_KEYS + (ALFO_DESCRIBED_KEYS if is_alfo(cfg) else ())
-    return {key: lookup(cfg, key) for key in keys}
+def described_settings(cfg, keys=None):
+    """``{config key: value}`` of ``keys`` that ``cfg`` has (default: those a
+    description of ``cfg``'s model holds)."""
+    keys = keys or DESCRIBED_KEYS + (ALFO_DESCRIBED_KEYS if is_alfo(cfg) else ())
+    return {key: lookup(cfg, key) for key in keys if _has(cfg, key)}
+
+
+def _has(cfg, key):
+    try:
+        lookup(cfg, key)
+    except KeyError:
+        return False
+    return True
 
 
 def alfo_settings(model_kwargs):

@@ -93,8 +93,8 @@ def adopt_checkpoint_description(cfg):
         return ''
     described = description.of_checkpoint(
         checkpoints.load_checkpoint(path, cfg.model.trust_checkpoint), path)
-    differing = described and description.differences(described,
-                                                      config.described_settings(cfg))
+    differing = described and description.differences(
+        described, config.described_settings(cfg, described['settings']))
     if not differing:
         return ''
     if not cfg.test.evaluate:

@@ -172,7 +172,8 @@ def _model_config(weights, described, config_file, given):
         cfg = config.load_config(config_file)
         if described is None:
             return cfg, bool(cfg.test.normalize_feature or cfg.test.dist_metric == 'cosine')
-        differing = description.differences(described, config.described_settings(cfg))
+        differing = description.differences(
+            described, config.described_settings(cfg, described['settings']))
         if differing:
             raise ConfigError(
                 f'config "{config_file}" disagrees with checkpoint "{weights}": '

@@ -60,7 +60,8 @@ def of_checkpoint(checkpoint, fpath=''):
 def differences(described, settings):
     """The keys of ``settings`` (config key -> value) whose value differs from
     the description's: ``[(key, the checkpoint's value, the config's value)]``.
-    Keys the description does not hold are not compared."""
+    Keys the description does not hold are not compared (callers give the
+    config's values of the description's keys)."""
     saved = described['settings']
     return [(key, saved[key], _plain(value)) for key, value in settings.items()
             if key in saved and saved[key] != _plain(value)]
