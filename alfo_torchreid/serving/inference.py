@@ -3,10 +3,10 @@ files into re-ID features and attribute probabilities, batch by batch.
 
 A checkpoint carries its description (:mod:`alfo_torchreid.utils.description`):
 the number of training identities, the attribute schema, the input size,
-normalisation and the ``alfo.*`` settings the network was built with. A config
-given beside it (``--config``, or the run's ``config.yaml``) must agree with
-it. A checkpoint written before descriptions existed is read with its run's
-``config.yaml`` (beside ``model/``) and its ``signature``. Outputs follow the
+normalisation and the ``alfo.*`` settings the network was built with; a
+config given with it (``--config``) must agree. A checkpoint written before
+descriptions existed is read with its run's ``config.yaml`` (beside
+``model/``, or ``--config``) and its ``signature``. Outputs follow the
 layout of :mod:`alfo_torchreid.evaluation.attribute_match`: features ``[N, D]`` and
 attribute probabilities ``[N, K]``.
 """
