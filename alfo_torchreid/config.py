@@ -664,25 +664,29 @@ def lr_scheduler_kwargs(cfg):
     }
 
 
+# ``Engine.run``'s arguments and the config keys that give them
+RUN_KEYS = {
+    'save_dir': 'data.save_dir',
+    'max_epoch': 'train.max_epoch',
+    'start_epoch': 'train.start_epoch',
+    'fixbase_epoch': 'train.fixbase_epoch',
+    'open_layers': 'train.open_layers',
+    'start_eval': 'test.start_eval',
+    'eval_freq': 'test.eval_freq',
+    'print_freq': 'train.print_freq',
+    'dist_metric': 'test.dist_metric',
+    'normalize_feature': 'test.normalize_feature',
+    'visrank': 'test.visrank',
+    'visrank_topk': 'test.visrank_topk',
+    'use_metric_cuhk03': 'cuhk03.use_metric_cuhk03',
+    'ranks': 'test.ranks',
+    'rerank': 'test.rerank',
+}
+
+
 def engine_run_kwargs(cfg):
-    """Arguments of ``Engine.run``."""
-    return {
-        'save_dir': cfg.data.save_dir,
-        'max_epoch': cfg.train.max_epoch,
-        'start_epoch': cfg.train.start_epoch,
-        'fixbase_epoch': cfg.train.fixbase_epoch,
-        'open_layers': cfg.train.open_layers,
-        'start_eval': cfg.test.start_eval,
-        'eval_freq': cfg.test.eval_freq,
-        'print_freq': cfg.train.print_freq,
-        'dist_metric': cfg.test.dist_metric,
-        'normalize_feature': cfg.test.normalize_feature,
-        'visrank': cfg.test.visrank,
-        'visrank_topk': cfg.test.visrank_topk,
-        'use_metric_cuhk03': cfg.cuhk03.use_metric_cuhk03,
-        'ranks': cfg.test.ranks,
-        'rerank': cfg.test.rerank,
-    }
+    """Arguments of ``Engine.run`` (:data:`RUN_KEYS`)."""
+    return {name: lookup(cfg, key) for name, key in RUN_KEYS.items()}
 
 
 def is_alfo(cfg):
@@ -703,6 +707,47 @@ def alfo_model_kwargs(cfg):
         'attr_pred': a.attr_pred,
         'feature': a.feature,
     }
+
+
+# The config keys a checkpoint's description holds (alfo_torchreid.utils.description):
+# what the network is and what input it reads; ALFO's constructor keys for ALFO models.
+DESCRIBED_KEYS = ('model.name', 'data.height', 'data.width', 'data.norm_mean', 'data.norm_std')
+ALFO_DESCRIBED_KEYS = tuple(f'alfo.{name}' for name in (
+    'last_stride', 'num_parts', 'stripe_height', 'stripe_stride', 'global_branch',
+    'local_branch', 'attr_pred', 'feature'))
+
+
+def described_settings(cfg, keys=None):
+    """``{config key: value}`` of ``keys`` that ``cfg`` has (default: those a
+    description of ``cfg``'s model holds)."""
+    keys = keys or DESCRIBED_KEYS + (ALFO_DESCRIBED_KEYS if is_alfo(cfg) else ())
+    return {key: lookup(cfg, key) for key in keys if _has(cfg, key)}
+
+
+def _has(cfg, key):
+    try:
+        lookup(cfg, key)
+    except KeyError:
+        return False
+    return True
+
+
+def alfo_settings(model_kwargs):
+    """The ``alfo.*`` config keys of ALFO constructor arguments (the inverse of
+    :func:`alfo_model_kwargs`: None stripe sizes are the config's 0)."""
+    return {f'alfo.{name}': (0 if value is None and name.startswith('stripe') else value)
+            for name, value in model_kwargs.items()}
+
+
+def adopt_settings(cfg, settings):
+    """Sets the ``{config key: value}`` of ``settings`` in ``cfg`` (left
+    defrosted) and checks the result (:func:`check_config`)."""
+    cfg.defrost()
+    for key, value in settings.items():
+        *path, name = key.split('.')
+        node = lookup(cfg, '.'.join(path)) if path else cfg
+        node[name] = list(value) if isinstance(value, tuple) else value
+    check_config(cfg)
 
 
 def alfo_loss_kwargs(cfg):

@@ -41,9 +41,9 @@ from alfo_torchreid.data.manifest import register_manifest_dataset
 from alfo_torchreid.engine import precision
 from alfo_torchreid.engine.engine import (BaselineEngine, BaselineTripletEngine,
                                           ImageFocalVoteEngine, unwrap)
-from alfo_torchreid.utils import checkpoints, compat, distributed, weights
+from alfo_torchreid.utils import checkpoints, compat, description, distributed, weights
 from alfo_torchreid.utils.atomic import write_file
-from alfo_torchreid.utils.errors import DatasetError, RunFolderError
+from alfo_torchreid.utils.errors import ConfigError, DatasetError, RunFolderError
 from alfo_torchreid.utils.run_folder import RunFolder, read_history, restore_history
 
 METRICS = 'metrics.json'
@@ -76,12 +76,48 @@ def main(config_file='', opts=(), verbose=False, quiet=False):
         run had nothing left to train (nothing is written then).
     """
     cfg = config.load_config(config_file, opts)
+    adopted = adopt_checkpoint_description(cfg)
     if cfg.test.evaluate:
         cfg.defrost()
         cfg.data.save_dir = evaluation_folder(cfg)
     with distributed.process_group(cfg.use_gpu), owned_folder(cfg.data.save_dir) as folder, \
             printed_log() as log, log.log_only(quiet):
+        if adopted:
+            print(adopted)
         return _run(cfg, log, folder, verbose)
+
+
+def adopt_checkpoint_description(cfg):
+    """Reads the description of the ``model.load_weights`` checkpoint
+    (:mod:`alfo_torchreid.utils.description`) against the config's settings.
+    An evaluation (``test.evaluate``) takes the checkpoint's values where they
+    differ; training from the weights with other settings is refused. A
+    checkpoint without a description leaves the config as it is.
+
+    Returns:
+        The line to log when ``cfg`` took the checkpoint's values, else ''.
+
+    Raises:
+        ConfigError: training with settings the checkpoint's model lacks.
+    """
+    path = cfg.model.load_weights
+    if not path:
+        return ''
+    described = description.of_checkpoint(
+        checkpoints.load_checkpoint(path, cfg.model.trust_checkpoint), path)
+    differing = described and description.differences(
+        described, config.described_settings(cfg, described['settings']))
+    if not differing:
+        return ''
+    if not cfg.test.evaluate:
+        raise ConfigError(
+            f'model.load_weights "{path}" was trained with other settings than the config\'s: '
+            f'{description.format_differences(differing)}; set them as the checkpoint has '
+            f'them, or start from its backbone alone with model.pretrained "{path}"')
+    config.adopt_settings(cfg, {key: saved for key, saved, _ in differing})
+    cfg.freeze()
+    return (f'Evaluating "{path}" with the settings it was trained with, which its checkpoint '
+            f'holds: {description.format_differences(differing)}')
 
 
 @contextlib.contextmanager
@@ -337,7 +373,10 @@ def build_model(cfg, datamanager):
     else:
         model = torchreid.models.build_model(cfg.model.name, num_classes, loss=cfg.loss.name,
                                              pretrained=False, use_gpu=cfg.use_gpu)
-    if cfg.model.pretrained:
+    if cfg.model.pretrained and cfg.model.load_weights:
+        print(f'model.pretrained "{cfg.model.pretrained}" is not loaded: model.load_weights '
+              f'"{cfg.model.load_weights}" gives the weights')
+    elif cfg.model.pretrained:
         loaded, skipped = weights.load_weights(model, cfg.model.pretrained,
                                                trust=cfg.model.trust_checkpoint)
         print(f'Loaded {len(loaded)} pretrained tensors from "{cfg.model.pretrained}"; '
@@ -453,6 +492,10 @@ def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None):
                   channels_last=precision.uses_channels_last(cfg.train.channels_last,
                                                              cfg.use_gpu))
     triplet = cfg.loss.triplet
+    schema = getattr(unwrap(model), 'schema', None)
+    common['description'] = description.describe(
+        config.described_settings(cfg), datamanager.num_train_pids, schema,
+        cfg.test.normalize_feature or cfg.test.dist_metric == 'cosine')
     if config.is_alfo(cfg):
         kwargs = config.alfo_loss_kwargs(cfg)
         kwargs.pop('label_smooth')

@@ -13,6 +13,7 @@ from unittest import mock
 
 import pytest
 import torch
+import paused_main
 from alfo_run import REPO, assert_same_weights, history_without_times, load_tool, market_split
 
 from alfo_torchreid.data.attributes import DUKE_SCHEMA
@@ -71,39 +72,53 @@ RESUME_OPTS = ['train.max_epoch', '2', 'train.batch_size', '16', 'train.determin
                'test.batch_size', '64', 'train.stepsize', '[1]', 'train.print_freq', '100']
 
 
-def _start(toy_root, save_dir, *extra):
-    return subprocess.Popen(
-        [sys.executable, str(REPO / 'tools' / 'main.py'), '--config-file',
-         str(REPO / 'configs' / 'alfo_toy.yaml'), '--root', str(toy_root), *RESUME_OPTS,
-         'data.save_dir', str(save_dir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _start(toy_root, save_dir, *extra, pause_after=None):
+    """tools/main.py on the toy config in a new process; with ``pause_after``
+    it stops after that epoch's checkpoint and history line and waits for a
+    signal (tests/paused_main.py: see :func:`_wait_until_paused`)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH',
+                                                                                 '')]))
+    main = [sys.executable, str(REPO / 'tools' / 'main.py')]
+    if pause_after is not None:
+        env.update(TEST_PAUSE_AFTER_EPOCH=str(pause_after),
+                   TEST_PAUSED_FILE=str(save_dir.with_name(save_dir.name + '.paused')))
+        main = paused_main.command()
+    # output to a file: a full pipe would stop the run before its pause
+    with open(save_dir.with_name(save_dir.name + '.out'), 'w') as out:
+        return subprocess.Popen(
+            [*main, '--config-file', str(REPO / 'configs' / 'alfo_toy.yaml'), '--root',
+             str(toy_root), *RESUME_OPTS, 'data.save_dir', str(save_dir), *extra],
+            stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def _kill_after_epoch(proc, save_dir, epoch, timeout=300):
-    """SIGKILLs ``proc`` once its ``epoch`` checkpoint is on disk (the engine
-    writes an epoch's history line after its checkpoint)."""
-    history = save_dir / 'history.jsonl'
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if history.exists() and len(history.read_text().splitlines()) >= epoch:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
-        time.sleep(0.02)
-    pytest.fail(f'run ended or timed out before epoch {epoch}: {proc.communicate()[0][-2000:]}')
+def _output(proc, save_dir):
+    """Waits for ``proc`` (of :func:`_start`) to end; its stdout and stderr."""
+    proc.wait()
+    return save_dir.with_name(save_dir.name + '.out').read_text()
+
+
+def _wait_until_paused(proc, save_dir):
+    """Waits until ``proc`` (started with ``pause_after``) has paused: an event
+    of the run, not a guess of how long it takes. Fails if it ends first."""
+    paused = save_dir.with_name(save_dir.name + '.paused')
+    while not paused.exists():
+        if proc.poll() is not None:
+            pytest.fail(f'run ended before its pause: {_output(proc, save_dir)[-2000:]}')
+        time.sleep(0.05)
 
 
 def test_a_killed_run_resumes_to_the_same_weights_and_metrics(toy_root, tmp_path):
     whole, killed = tmp_path / 'whole', tmp_path / 'killed'
     first = _start(toy_root, whole)
-    second = _start(toy_root, killed)
-    _kill_after_epoch(second, killed, epoch=1)
-    assert second.returncode == -signal.SIGKILL
-    assert first.wait(timeout=600) == 0, first.communicate()[0][-2000:]
+    second = _start(toy_root, killed, pause_after=1)
+    _wait_until_paused(second, killed)
+    second.send_signal(signal.SIGKILL)
+    assert second.wait() == -signal.SIGKILL
+    assert first.wait() == 0, _output(first, whole)[-2000:]
     assert not (killed / 'metrics.json').exists()
 
     resumed = _start(toy_root, killed, 'train.resume', 'True')
-    output = resumed.communicate(timeout=600)[0]
+    output = _output(resumed, killed)
     assert resumed.returncode == 0, output[-2000:]
     assert 'continuing at epoch 2' in output
 
@@ -546,18 +561,15 @@ def test_an_error_in_a_dataloader_worker_is_one_line(toy_root, tmp_path, capsys)
 def test_a_signal_during_training_keeps_the_checkpoint_and_the_log(toy_root, tmp_path, signum,
                                                                    status):
     run = tmp_path / 'run'
-    proc = _start(toy_root, run, 'train.print_freq', '1')
-    history, latest = run / 'history.jsonl', run / 'model' / 'latest.pth.tar'
-    deadline = time.time() + 300
-    while not (history.exists() and latest.exists()) and proc.poll() is None \
-            and time.time() < deadline:
-        time.sleep(0.05)
+    proc = _start(toy_root, run, 'train.print_freq', '1', pause_after=1)  # of 2 epochs
+    _wait_until_paused(proc, run)
     proc.send_signal(signum)
-    output = proc.communicate(timeout=120)[0]
+    output = _output(proc, run)
     assert proc.returncode == status, output[-2000:]
     if signum != signal.SIGKILL:
         assert 'interrupted: what was saved is kept' in output and 'Traceback' not in output
-    assert checkpoints.load_checkpoint(latest)['epoch'] >= 1
+    assert checkpoints.load_checkpoint(run / 'model' / 'latest.pth.tar')['epoch'] == 1
+    assert not (run / 'metrics.json').exists()
     # every line printed before the epoch's history line is in the log, whole
     log = (run / 'train.log').read_text()
     steps = re.findall(r'^epoch: \[1/2\]\[(\d+)/(\d+)\]', log, re.MULTILINE)
@@ -569,7 +581,7 @@ def test_snapshots_hold_the_weights_alone_and_latest_the_whole_state(finished_ru
     snapshot_path = finished_run / 'model' / 'model.pth.tar-1'
     latest_path = finished_run / 'model' / 'latest.pth.tar'
     snapshot, latest = (checkpoints.load_checkpoint(p) for p in (snapshot_path, latest_path))
-    assert set(snapshot) == {'state_dict', 'epoch', 'rank1', 'signature'}
+    assert set(snapshot) == {'state_dict', 'epoch', 'rank1', 'signature', 'description'}
     assert {'optimizer', 'scheduler', 'rng'} <= set(latest)
     for name, tensor in snapshot['state_dict'].items():
         assert torch.equal(tensor, latest['state_dict'][name]), name

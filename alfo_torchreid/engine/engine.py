@@ -34,6 +34,7 @@ import torchreid
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from alfo_torchreid import config
 from alfo_torchreid.data.attributes import UNKNOWN, convert_labels
 from alfo_torchreid.engine.precision import MixedPrecision
 from alfo_torchreid.evaluation.attribute_match import (attribute_disagreement, attribute_reranked,
@@ -42,7 +43,9 @@ from alfo_torchreid.evaluation.metrics import (attribute_metrics, evaluate_rank,
                                                format_attribute_table)
 from alfo_torchreid.evaluation.rank_grid import TRUTH_LEGEND, draw_ranking
 from alfo_torchreid.losses import ALFOLoss, attribute_logit_widths
-from alfo_torchreid.utils import checkpoints, compat, distributed
+from alfo_torchreid.models import model_name
+from alfo_torchreid.utils import checkpoints, compat, description, distributed
+from alfo_torchreid.utils.atomic import write_file
 from alfo_torchreid.utils.errors import ConfigError, TrainingError
 from alfo_torchreid.utils.run_folder import HISTORY
 
@@ -101,11 +104,15 @@ class ResumableEngineMixin:
             scaler's state goes into ``latest.pth.tar``.
         channels_last: whether batches go to the model in channels-last memory
             format (``train.channels_last``; the model was converted by the run).
+        description: what every checkpoint says the model is
+            (:mod:`alfo_torchreid.utils.description`; ``tools/main.py`` gives
+            its config's). None: :meth:`default_description` at :meth:`run`.
     """
 
     def __init__(self, *args, evaluator='alfo', snapshot_optimizer=False, precision=None,
-                 channels_last=False, **kwargs):
+                 channels_last=False, description=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.description = description
         self.evaluator = evaluator
         self.snapshot_optimizer = snapshot_optimizer
         self.precision = precision or MixedPrecision()
@@ -125,8 +132,15 @@ class ResumableEngineMixin:
         run opens it with ``purge_step``, the first step it trains again
         (torchreid's step of a batch is ``epoch * batches per epoch + batch``),
         so that TensorBoard drops what the interrupted run logged from there on
-        instead of showing those steps twice."""
+        instead of showing those steps twice. An
+        engine built from Python (no ``description``) describes its model
+        with :meth:`default_description` and, where it can, writes
+        ``<save_dir>/config.yaml`` as ``tools/main.py`` does (:meth:`_write_config`)."""
         self.save_dir = save_dir
+        if self.description is None:
+            self.description = self.default_description(kwargs)
+            if self.description is not None and distributed.is_main_process():
+                self._write_config(save_dir, kwargs)
         if not distributed.is_main_process():
             self.writer = _NoWriter()
         elif start_epoch > 0 and not test_only and self.writer is None:
@@ -134,6 +148,35 @@ class ResumableEngineMixin:
                                         purge_step=start_epoch * len(self.train_loader))
         return super().run(save_dir=save_dir, start_epoch=start_epoch, test_only=test_only,
                            **kwargs)
+
+    def default_description(self, run_kwargs):
+        """Hook: the description of a model this engine was given without one
+        (built from Python); None: the checkpoints carry none."""
+        return None
+
+    def _write_config(self, save_dir, run_kwargs):
+        """``<save_dir>/config.yaml`` (unless there is one) for a run from
+        Python: the defaults with the described settings, the data manager's
+        datasets and batch size, and ``run_kwargs`` (``Engine.run``'s), so that
+        the tools read the run as one of ``tools/main.py``."""
+        path = osp.join(save_dir, 'config.yaml')
+        if osp.exists(path):
+            return
+        dataset = self.datamanager.train_loader.dataset
+        settings = {**self.description['settings'],
+                    'use_gpu': bool(self.use_gpu),
+                    'data.root': getattr(dataset, 'root', config.get_config().data.root),
+                    'data.sources': list(self.datamanager.sources),
+                    'data.targets': list(self.datamanager.targets),
+                    'train.batch_size': self.datamanager.train_loader.batch_size,
+                    'test.evaluate': bool(run_kwargs.get('test_only', False)),
+                    'data.save_dir': save_dir}
+        settings.update({key: run_kwargs[name] for name, key in config.RUN_KEYS.items()
+                         if run_kwargs.get(name) is not None})
+        cfg = config.get_config()
+        config.adopt_settings(cfg, settings)
+        os.makedirs(save_dir, exist_ok=True)
+        write_file(path, cfg.dump().encode())
 
     # -- training ---------------------------------------------------------
     def train(self, **kwargs):
@@ -199,8 +242,8 @@ class ResumableEngineMixin:
     def save_model(self, epoch, rank1, save_dir, is_best=False, latest=False, history=None):
         """Writes ``<save_dir>/model/model.pth.tar-<epoch+1>`` (or, with
         ``latest``, the per-epoch ``latest.pth.tar``) atomically, with
-        torchreid's keys plus the model's signature; ``latest`` (and the
-        snapshots with ``snapshot_optimizer``) also hold the optimizer,
+        torchreid's keys plus the model's signature and :attr:`description`;
+        ``latest`` (and the snapshots with ``snapshot_optimizer``) also hold the optimizer,
         scheduler, gradient scaler and RNG states (under torchrun, ``rng`` is
         rank 0's and ``rng_ranks`` every process's) and ``history``, the
         epoch's line of ``history.jsonl`` (written after the checkpoint: a
@@ -220,6 +263,8 @@ class ResumableEngineMixin:
             'signature': checkpoints.model_signature(self.datamanager.num_train_pids,
                                                      getattr(self.network, 'schema', None)),
         }
+        if self.description is not None:
+            state[description.KEY] = self.description
         if whole:
             state.update({
                 'optimizer': self.optimizer.state_dict(),
@@ -388,8 +433,8 @@ class ImageFocalVoteEngine(BaselineEngine):
             re-ID distance plus this weight times the attribute term of
             :func:`alfo_torchreid.evaluation.attribute_match.attribute_reranked`, what
             ``tools/search.py --attr-weight`` does; 0 leaves torchreid's ranking.
-        precision, channels_last: see :class:`ResumableEngineMixin`; the
-            forward pass runs under ``precision``'s autocast, the loss in fp32.
+        precision, channels_last, description: see :class:`ResumableEngineMixin`;
+            the forward pass runs under ``precision``'s autocast, the loss in fp32.
 
     Every batch must carry ``attrs`` (the ``*_attr`` datasets add it). Under
     torchrun the vote is the global batch's (the ballots of all processes are
@@ -401,11 +446,11 @@ class ImageFocalVoteEngine(BaselineEngine):
                  label_smooth=True, evaluator='alfo', snapshot_optimizer=False,
                  vote_mode='majority', focal=True, alpha=0.5, gamma=2.0, id_weight=1.0,
                  attr_weight=1.0, attr_reduction='sum', triplet_weight=0.0, margin=0.3,
-                 attr_rerank_weight=0.0, precision=None, channels_last=False):
+                 attr_rerank_weight=0.0, precision=None, channels_last=False, description=None):
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth, evaluator=evaluator,
                          snapshot_optimizer=snapshot_optimizer, precision=precision,
-                         channels_last=channels_last)
+                         channels_last=channels_last, description=description)
         if attr_rerank_weight and not self.network.local_branch:
             raise ConfigError('test.attr_rerank_weight needs attribute heads: this ALFO has '
                               'no local branch (alfo.local_branch False)')
@@ -418,6 +463,18 @@ class ImageFocalVoteEngine(BaselineEngine):
             use_gpu=self.use_gpu, attr_reduction=attr_reduction,
             triplet_weight=triplet_weight, margin=margin,
             sum_over_ranks=distributed.sum_over_ranks if distributed.is_initialized() else None)
+
+    def default_description(self, run_kwargs):
+        """The description of :attr:`network` read from it and the data
+        manager, for a run built from Python (``run_kwargs``: ``Engine.run``'s)."""
+        network = self.network
+        settings = {'model.name': model_name(network.schema),
+                    **config.alfo_settings(network.settings()),
+                    **compat.input_settings(self.datamanager)}
+        normalize = bool(run_kwargs.get('normalize_feature')) or \
+            run_kwargs.get('dist_metric') == 'cosine'
+        return description.describe(settings, self.datamanager.num_train_pids, network.schema,
+                                    normalize)
 
     def parse_data_for_train(self, data):
         if 'attrs' not in data:

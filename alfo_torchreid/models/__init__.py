@@ -20,6 +20,12 @@ def alfo_duke(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwar
 MODELS = {'alfo': alfo_market, 'alfo_duke': alfo_duke}
 
 
+def model_name(schema):
+    """The name in :data:`MODELS` of an ALFO with ``schema``'s heads
+    (``'alfo'`` for a schema of neither dataset: the name of any ALFO)."""
+    return 'alfo_duke' if schema == DUKE_SCHEMA else 'alfo'
+
+
 def register():
     """Adds :data:`MODELS` to torchreid's model factory, so that
     ``torchreid.models.build_model('alfo', ...)`` builds ALFO and
@@ -28,4 +34,5 @@ def register():
 
 
 __all__ = ['ALFO', 'ALFOOutputs', 'StripeAttributeHeads', 'StripeGeometry', 'MODELS',
-           'alfo_market', 'alfo_duke', 'overlapping_stripes', 'pool_stripes', 'register']
+           'alfo_market', 'alfo_duke', 'model_name', 'overlapping_stripes', 'pool_stripes',
+           'register']

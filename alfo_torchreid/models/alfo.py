@@ -127,6 +127,7 @@ class ALFO(compat.ResNet):
         super().__init__(num_classes, loss, compat.Bottleneck, [3, 4, 6, 3],
                          last_stride=last_stride)
         self.schema = schema
+        self.last_stride = last_stride
         self.num_parts = num_parts
         self.stripe_height, self.stripe_stride = stripe_height, stripe_stride
         self.feature = feature
@@ -145,6 +146,15 @@ class ALFO(compat.ResNet):
             self.register_buffer('column_attribute', column_attribute, persistent=False)
         if pretrained:
             weights.load_weights(self, 'imagenet' if pretrained is True else pretrained)
+
+    def settings(self):
+        """The constructor arguments that shape this network beyond
+        ``num_classes`` and ``schema`` (those of
+        :func:`alfo_torchreid.config.alfo_model_kwargs`)."""
+        return {'last_stride': self.last_stride, 'num_parts': self.num_parts,
+                'stripe_height': self.stripe_height, 'stripe_stride': self.stripe_stride,
+                'global_branch': self.global_branch, 'local_branch': self.local_branch,
+                'attr_pred': self.attr_pred, 'feature': self.feature}
 
     @property
     def retrieval_dim(self):

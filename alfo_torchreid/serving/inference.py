@@ -1,10 +1,12 @@
 """A trained ALFO put to use: loaded from a run's checkpoint, it turns image
 files into re-ID features and attribute probabilities, batch by batch.
 
-A run of ``tools/main.py`` holds ``config.yaml`` beside ``model/`` (its
-checkpoints); the checkpoint's ``signature`` gives the number of training
-identities and the attribute schema, the config the input size, normalisation
-and the ``alfo.*`` settings the network was built with. Outputs follow the
+A checkpoint carries its description (:mod:`alfo_torchreid.utils.description`):
+the number of training identities, the attribute schema, the input size,
+normalisation and the ``alfo.*`` settings the network was built with; a
+config given with it (``--config``) must agree. A checkpoint written before
+descriptions existed is read with its run's ``config.yaml`` (beside
+``model/``, or ``--config``) and its ``signature``. Outputs follow the
 layout of :mod:`alfo_torchreid.evaluation.attribute_match`: features ``[N, D]`` and
 attribute probabilities ``[N, K]``.
 """
@@ -27,7 +29,7 @@ from alfo_torchreid import config
 from alfo_torchreid.data.attributes import AttributeSchema
 from alfo_torchreid.evaluation.attribute_match import choices, named_predictions, split_attributes
 from alfo_torchreid.models import ALFO
-from alfo_torchreid.utils import checkpoints, compat
+from alfo_torchreid.utils import checkpoints, compat, description
 from alfo_torchreid.utils.atomic import replacing, write_file
 from alfo_torchreid.utils.errors import CheckpointError, ConfigError, DatasetError, ImageReadError
 
@@ -67,7 +69,8 @@ class TrainedALFO:
             checkpoint's signature, the weights' digest
             (:func:`~alfo_torchreid.utils.checkpoints.weights_digest`) and the config
             values that change the outputs.
-        weights, config_file: the files it was loaded from (absolute paths).
+        weights, config_file: the files it was loaded from (absolute paths;
+            ``config_file`` '' when the checkpoint's description was enough).
         device: where ``network`` runs.
     """
     network: FeaturesAndAttributes
@@ -106,7 +109,12 @@ def model_files(weights, config_file=''):
 
 
 def load_trained_alfo(weights, config_file='', trust=False, device=None):
-    """Loads an ALFO checkpoint written by ``tools/main.py`` for inference.
+    """Loads an ALFO checkpoint written by ``tools/main.py`` or the engine for inference.
+
+    The checkpoint's description decides how the model is built and fed; a
+    ``config_file`` that disagrees with it is refused. Without a description
+    (older checkpoints) the config (default: the run's ``config.yaml``)
+    decides and must exist.
 
     Args:
         weights (str): ``<run>/model/model.pth.tar-N`` or ``latest.pth.tar``.
@@ -120,6 +128,7 @@ def load_trained_alfo(weights, config_file='', trust=False, device=None):
     Raises:
         CheckpointError, ConfigError: naming the file and what is wrong.
     """
+    given = bool(config_file)
     weights, config_file = _model_paths(weights, config_file)
     checkpoint = checkpoints.load_checkpoint(weights, trust)
     signature = checkpoint.get('signature') if isinstance(checkpoint, dict) else None
@@ -128,12 +137,12 @@ def load_trained_alfo(weights, config_file='', trust=False, device=None):
             f'checkpoint "{weights}" has no attribute schema in its signature: an ALFO '
             'checkpoint written by tools/main.py (model/model.pth.tar-N or latest.pth.tar) '
             'is needed')
-    if not osp.isfile(config_file):
-        raise ConfigError(f'config "{config_file}" of checkpoint "{weights}" does not exist: '
-                          'pass --config, the config.yaml of the run that trained it')
-    cfg = config.load_config(config_file)
+    described = description.of_checkpoint(checkpoint, weights)
+    cfg, normalize = _model_config(weights, described, config_file, given)
+    source = f'config "{config_file}"' if described is None else \
+        f'description in checkpoint "{weights}"'
     if not config.is_alfo(cfg):
-        raise ConfigError(f'config "{config_file}" is of model {cfg.model.name!r}, not ALFO')
+        raise ConfigError(f'{source} is of model {cfg.model.name!r}, not ALFO')
     schema = AttributeSchema.from_dict(signature['schema'])
     model = ALFO(signature['num_classes'], schema=schema, pretrained=False,
                  **config.alfo_model_kwargs(cfg))
@@ -141,8 +150,8 @@ def load_trained_alfo(weights, config_file='', trust=False, device=None):
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise CheckpointError(f'checkpoint "{weights}" does not fit the ALFO of config '
-                              f'"{config_file}": {" ".join(str(exc).split())[:400]}') from None
+        raise CheckpointError(f'checkpoint "{weights}" does not fit the ALFO of the {source}: '
+                              f'{" ".join(str(exc).split())[:400]}') from None
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     d = cfg.data
     identity = {
@@ -151,11 +160,41 @@ def load_trained_alfo(weights, config_file='', trust=False, device=None):
         'input': {'height': d.height, 'width': d.width, 'mean': list(d.norm_mean),
                   'std': list(d.norm_std)},
         'alfo': config.alfo_model_kwargs(cfg),
-        'normalize_feature': bool(cfg.test.normalize_feature or cfg.test.dist_metric == 'cosine'),
+        'normalize_feature': normalize,
     }
     return TrainedALFO(FeaturesAndAttributes(model).to(device), schema,
                        compat.test_transform(d.height, d.width, d.norm_mean, d.norm_std),
-                       identity, weights, config_file, device)
+                       identity, weights, config_file if given or described is None else '',
+                       device)
+
+
+def _model_config(weights, described, config_file, given):
+    """The config the model of ``weights`` is built and fed with, and whether
+    its features are L2-normalised for retrieval.
+
+    With a description: the defaults with the described settings; a
+    ``given`` config file must agree. Without: the config file, which must exist.
+
+    Raises:
+        ConfigError: a missing config, or a given one that disagrees (naming the keys).
+    """
+    if described is None or given:
+        if not osp.isfile(config_file):
+            raise ConfigError(f'config "{config_file}" of checkpoint "{weights}" does not '
+                              'exist: pass --config, the config.yaml of the run that trained it')
+        cfg = config.load_config(config_file)
+        if described is None:
+            return cfg, bool(cfg.test.normalize_feature or cfg.test.dist_metric == 'cosine')
+        differing = description.differences(
+            described, config.described_settings(cfg, described['settings']))
+        if differing:
+            raise ConfigError(
+                f'config "{config_file}" disagrees with checkpoint "{weights}": '
+                f'{description.format_differences(differing)}; the checkpoint holds the '
+                'settings it was trained with (leave out --config to use them)')
+    cfg = config.get_config()
+    config.adopt_settings(cfg, described['settings'])
+    return cfg, bool(described['normalize_feature'])
 
 
 def add_model_arguments(parser, weights_default=None):
@@ -165,8 +204,10 @@ def add_model_arguments(parser, weights_default=None):
     parser.add_argument('--weights', required=weights_default is None, default='',
                         help='checkpoint of tools/main.py' + (
                             f' (default: {weights_default})' if weights_default else ''))
-    parser.add_argument('--config', default='', help="the run's config (default: "
-                        '<run>/config.yaml for --weights <run>/model/<file>)')
+    parser.add_argument('--config', default='', help="the run's config, which must agree "
+                        "with the checkpoint's description (default: <run>/config.yaml for "
+                        '--weights <run>/model/<file>; needed only for checkpoints without a '
+                        'description)')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow a checkpoint that needs full unpickling (can run code)')
     parser.add_argument('--debug', action='store_true', help='show tracebacks of errors')

@@ -5,11 +5,19 @@ features (torchreid's ``euclidean`` metric; on L2-normalised features it is
 ``2 - 2 cos``, the same ranking as its ``cosine`` one). Three backends find
 the nearest items:
 
-* ``torch``: exact, a matrix-vector product over the whole gallery;
-* ``faiss-flat``: exact, FAISS's ``IndexFlatL2`` (the ``faiss`` extra);
+* ``torch``: exact, a matrix-vector product over the whole gallery picks a
+  shortlist, re-scored exactly (:class:`TorchSearch`);
+* ``faiss-flat``: exact, FAISS's ``IndexFlatL2`` (the ``faiss`` extra), its
+  results re-scored exactly (:class:`FaissSearch`);
 * ``faiss-ivfpq``: approximate, FAISS's ``IndexIVFPQ`` for large galleries,
-  its shortlist re-scored with the exact features; the default from
+  its shortlist re-scored exactly; the default from
   :data:`AUTO_IVFPQ_ITEMS` images on when FAISS is installed.
+
+Every backend reports the distances of :func:`exact_distances`: ``(g - q)²``
+summed in float64 from the float32 features, within a relative ``D * 2**-53``
+of the true value. The two exact backends return the true ``k`` nearest items
+(ties by row), however close their distances: the fast float32 computations
+only choose which items to re-score, with a margin of their rounding error.
 
 :func:`rank_gallery` ranks for one query: only the items whose predicted
 attributes meet a ``--where`` filter (FAISS filters inside the search), and
@@ -29,6 +37,9 @@ BACKENDS = ('torch', 'faiss-flat', 'faiss-ivfpq')
 ADD_CHUNK = 100000  # rows copied into FAISS at a time (800 MB of 2048-d float32)
 IVFPQ_MIN_ITEMS = 10000  # FAISS wants >= 39 * 256 points to train 8-bit PQ codebooks
 IVFPQ_REFINE = 10  # IVF-PQ returns this many times the asked-for items, re-scored exactly
+FLAT_REFINE = 2  # FAISS's exact search returns at least this many times k, re-scored
+RESCORE_CHUNK = 4096  # rows re-scored at a time (64 MB of 2048-d float64)
+FLOAT32_UNIT, FLOAT64_UNIT = 2.0 ** -24, 2.0 ** -53  # unit roundoffs
 AUTO_IVFPQ_ITEMS = 100000  # where IVF-PQ answers 10x faster than torch (benchmarks/README.md)
 SCALE_SAMPLE = 20000  # gallery items giving a query's median distance (all of Market's)
 
@@ -103,8 +114,55 @@ def add_in_chunks(index, features):
         index.add(np.ascontiguousarray(features[start:start + ADD_CHUNK], dtype=np.float32))
 
 
+def rounding_bound(terms, unit):
+    """``gamma_n = n u / (1 - n u)``: the relative error bound of a sum or dot
+    product of ``terms`` floating-point products with unit roundoff ``unit``,
+    in any summation order (Higham, *Accuracy and Stability of Numerical
+    Algorithms*, 3.1)."""
+    return terms * unit / (1 - terms * unit)
+
+
+def exact_distances(features, rows, query):
+    """Squared Euclidean distances of ``features[rows]`` to ``query`` ``[D]``,
+    ``sum((g - q)²)`` in float64 from the float32 values (the query rounded to
+    float32 first, as every backend does): no cancellation, so within a
+    relative ``rounding_bound(D + 2, 2**-53)`` (5e-13 for D = 2048) of the
+    true value.
+
+    Args:
+        features: ``[N, D]`` (may be memory-mapped); read :data:`RESCORE_CHUNK` rows at a time.
+        rows: ``[M]`` int row numbers.
+
+    Returns:
+        ``[M]`` float64.
+    """
+    query = np.asarray(query, dtype=np.float32).astype(np.float64)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty(len(rows))
+    for start in range(0, len(rows), RESCORE_CHUNK):
+        block = np.asarray(features[rows[start:start + RESCORE_CHUNK]], dtype=np.float64)
+        out[start:start + RESCORE_CHUNK] = ((block - query) ** 2).sum(1)
+    return out
+
+
+def by_distance(distances, rows, k):
+    """The ``k`` smallest ``distances`` and their ``rows``, nearest first, ties by row."""
+    order = np.lexsort((rows, distances))[:k]
+    return distances[order], rows[order]
+
+
 class TorchSearch:
     """Exact nearest neighbours with torch.
+
+    ``|g|² - 2 g·q + |q|²`` over the whole gallery (one float32
+    matrix-vector product, torch's default ``highest`` precision) cancels
+    badly for unnormalised features: its error reaches ``2 gamma_D |g| |q|``
+    (``gamma_D`` = :func:`rounding_bound` of ``D`` float32 terms; 24 for
+    2048-d features of norm² 1e5, whose distances are ~700). So it only picks
+    the items to re-score: every item whose lower bound (value minus its
+    error bound) is at most the ``k``-th smallest upper bound, a set that
+    holds the true ``k`` nearest. Those are re-scored by
+    :func:`exact_distances`.
 
     Args:
         features: ``[N, D]`` gallery features, a writable array (float32 and
@@ -113,33 +171,50 @@ class TorchSearch:
 
     def __init__(self, features):
         self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        self.squared_norms = (self.features ** 2).sum(1)
+        self.norms = torch.linalg.vector_norm(self.features, dim=1, dtype=torch.float64)
 
     def nearest(self, query, k, allowed=None):
         """The ``k`` gallery rows nearest to ``query`` ``[D]`` among the
         ``allowed`` ones (``[N]`` bool; None: all).
 
         Returns:
-            (squared distances ``[k']`` float32, rows ``[k']`` int64), nearest
-            first; ``k' < k`` when fewer rows are allowed.
+            (squared distances ``[k']`` float64 of :func:`exact_distances`,
+            rows ``[k']`` int64), nearest first, ties by row; ``k' < k`` when
+            fewer rows are allowed.
         """
-        query = torch.from_numpy(np.asarray(query, dtype=np.float32))
-        distances = (self.squared_norms - 2 * (self.features @ query) + query @ query).clamp(min=0)
+        query32 = torch.from_numpy(np.asarray(query, dtype=np.float32))
+        query_norm = float(torch.linalg.vector_norm(query32, dtype=torch.float64))
+        fast = self.norms ** 2 - 2 * (self.features @ query32).double() + query_norm ** 2
+        dim = self.features.shape[1]
+        error = (2 * rounding_bound(dim, FLOAT32_UNIT) * self.norms * query_norm
+                 + rounding_bound(dim + 3, FLOAT64_UNIT) * (self.norms + query_norm) ** 2)
         if allowed is not None:
-            distances[~torch.from_numpy(allowed)] = float('inf')
+            fast[~torch.from_numpy(allowed)] = float('inf')
             k = min(k, int(allowed.sum()))
-        best = distances.topk(min(k, len(distances)), largest=False)
-        return best.values.numpy(), best.indices.numpy()
+        k = min(k, len(fast))
+        if k == 0:
+            return np.empty(0), np.empty(0, dtype=np.int64)
+        upper = (fast + error).kthvalue(k).values  # >= the k-th smallest true distance
+        shortlist = torch.nonzero(fast - error <= upper).flatten().numpy()
+        return by_distance(exact_distances(self.features.numpy(), shortlist, query),
+                           shortlist, k)
 
 
 class FaissSearch:
     """Nearest neighbours with a FAISS index; ``allowed`` rows are filtered
     inside FAISS's search (an ID selector).
 
+    With ``features``, FAISS's results are re-scored by
+    :func:`exact_distances`. With ``IndexFlatL2``, whose single-query search
+    sums ``(g - q)²`` in float32 (relative error at most ``gamma_{D+2}``,
+    :func:`rounding_bound`), more items are asked for until the last one
+    returned is beyond that margin of the ``k``-th exact distance: the
+    result is then the true ``k`` nearest. IVF-PQ's shortlist of
+    ``IVFPQ_REFINE * k`` items is approximate; its re-scoring orders it exactly.
+
     Args:
         index: a FAISS ``IndexFlatL2`` (exact) or ``IndexIVFPQ`` (approximate).
-        features: ``[N, D]`` exact features (may be memory-mapped); with IVF-PQ
-            its shortlist of ``IVFPQ_REFINE * k`` items is re-scored with them.
+        features: ``[N, D]`` exact features (may be memory-mapped).
         nprobe: IVF lists visited per query.
     """
 
@@ -153,10 +228,10 @@ class FaissSearch:
         faiss = import_faiss()
         index = faiss.IndexFlatL2(features.shape[1])
         add_in_chunks(index, features)
-        return cls(index)
+        return cls(index, features)
 
     def nearest(self, query, k, allowed=None):
-        """As :meth:`TorchSearch.nearest`."""
+        """As :meth:`TorchSearch.nearest` (float32 FAISS distances without ``features``)."""
         faiss = self.faiss
         params = faiss.SearchParametersIVF(nprobe=self.nprobe) if self.ivf \
             else faiss.SearchParameters()
@@ -164,15 +239,21 @@ class FaissSearch:
             bitmap = np.packbits(allowed, bitorder='little')  # referenced until the search ends
             params.sel = faiss.IDSelectorBitmap(bitmap)
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        asked = min(k * IVFPQ_REFINE if self.ivf else k, self.index.ntotal)
-        distances, rows = self.index.search(query, asked, params=params)
-        found = rows[0] >= 0
-        distances, rows = distances[0][found], rows[0][found]
-        if self.ivf and self.features is not None:
-            distances = ((np.asarray(self.features[rows]) - query) ** 2).sum(1, dtype=np.float32)
-            order = np.argsort(distances, kind='stable')
-            distances, rows = distances[order], rows[order]
-        return distances[:k], rows[:k]
+        margin = 1 + rounding_bound(query.shape[1] + 2, FLOAT32_UNIT)
+        asked = k * (IVFPQ_REFINE if self.ivf else FLAT_REFINE)
+        while True:
+            asked = min(asked, self.index.ntotal)
+            distances, rows = self.index.search(query, asked, params=params)
+            found = rows[0] >= 0
+            distances, rows = distances[0][found], rows[0][found]
+            if self.features is None:
+                return distances[:k], rows[:k]
+            exact, rows = by_distance(exact_distances(self.features, rows, query[0]), rows,
+                                      len(rows))
+            if self.ivf or len(rows) < asked or asked == self.index.ntotal or \
+                    distances[-1] > exact[min(k, len(rows)) - 1] * margin:
+                return exact[:k], rows[:k]
+            asked *= 4
 
 
 def open_search(index):

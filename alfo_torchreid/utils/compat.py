@@ -58,6 +58,16 @@ def read_image(path):
         ) from None
 
 
+def input_settings(datamanager):
+    """A torchreid data manager's input, as config keys: ``data.height``,
+    ``data.width`` and the ``data.norm_mean`` / ``data.norm_std`` of its
+    evaluation transform's ``Normalize`` (torchreid keeps them nowhere else)."""
+    normalize = next(t for t in datamanager.transform_te.transforms if hasattr(t, 'mean'))
+    return {'data.height': datamanager.height, 'data.width': datamanager.width,
+            'data.norm_mean': [float(v) for v in normalize.mean],
+            'data.norm_std': [float(v) for v in normalize.std]}
+
+
 def test_transform(height, width, norm_mean, norm_std):
     """torchreid's evaluation transform (``build_transforms``' second one):
     PIL image -> resized, normalised ``[3, height, width]`` float tensor."""

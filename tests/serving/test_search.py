@@ -20,9 +20,10 @@ from alfo_torchreid.utils.checkpoints import load_checkpoint
 from alfo_torchreid.utils.errors import SearchError
 
 try:
-    import faiss  # noqa: F401
+    import faiss
     needs_faiss = pytest.mark.skipif(False, reason='')
 except ImportError:
+    faiss = None
     needs_faiss = pytest.mark.skip(reason='the faiss extra (faiss-cpu) is not installed')
 
 
@@ -39,6 +40,16 @@ def columns(name):
     """The columns of attribute ``name`` in the [N, K] layout, by hand."""
     start = sum(MARKET_SCHEMA.num_classes[:MARKET_SCHEMA.index(name)])
     return slice(start, start + MARKET_SCHEMA.num_classes[MARKET_SCHEMA.index(name)])
+
+
+# the relative error of a float64 sum of 2048 non-negative terms, in any order
+# (gamma_n = n u / (1 - n u), u = 2**-53): two such sums differ by at most twice it
+FLOAT64_SUM_ERROR = 2050 * 2.0 ** -53 / (1 - 2050 * 2.0 ** -53)
+
+
+def float64_distances(features, query):
+    """``[N]`` squared Euclidean distances, by hand in float64."""
+    return ((np.asarray(features, np.float64) - np.asarray(query, np.float64)) ** 2).sum(1)
 
 
 def query_image(toy_root):
@@ -62,11 +73,13 @@ def test_query_round_trip_filters_ranks_and_frames(index, trained_alfo, toy_root
     assert 0 < female.sum() < len(female)  # the filter has something to do
     assert sorted(rows) == sorted(np.flatnonzero(female))  # all of them, as top > their count
     assert all(hit['attributes']['gender'][0] == 'female' for hit in result['hits'])
-    # ranked by squared Euclidean distance to the query's feature
+    # ranked by squared Euclidean distance to the query's feature, computed here
+    # in float64 from the float32 features: the same sum up to its order
     feature, _ = inference.predict_image(trained_alfo, str(query))
-    distances = ((np.asarray(index.features)[rows] - feature) ** 2).sum(1)
-    np.testing.assert_allclose([h['distance'] for h in result['hits']], distances, rtol=1e-4)
-    assert np.all(np.diff(distances) >= -1e-3 * distances.max())
+    distances = float64_distances(index.features[rows], feature)
+    np.testing.assert_allclose([h['distance'] for h in result['hits']], distances,
+                               rtol=2 * FLOAT64_SUM_ERROR)
+    assert np.all(np.diff(distances) >= 0)
     found = f'{len(rows)} results; {len(rows)} of {len(female)} items pass --where "gender=female"'
     assert out.strip().splitlines()[-1] == f'{found}; picture "{png}", ranking "{ranking}"'
     assert (result['passed'], result['items']) == (len(rows), len(female))
@@ -329,6 +342,40 @@ def test_faiss_flat_and_torch_give_the_same_top_k():
                 assert mask[rows_torch].all()
     brute = ((features - queries[0]) ** 2).sum(1)
     assert exact.nearest(queries[0], 20)[1].tolist() == np.argsort(brute)[:20].tolist()
+
+
+def near_tie(dim=2048, num=500):
+    """Unnormalised features like an untrained ResNet's (norm² ~1.3e5, distances
+    ~660) and a query, with rows 7 and 8 its nearest: row 8 is row 7 moved one
+    float32 step towards the query on one coordinate, 2e-6 nearer."""
+    rng = np.random.default_rng(0)
+    base = rng.random(dim).astype(np.float32) * 14
+    features = base + rng.standard_normal((num, dim)).astype(np.float32) * 0.4
+    query = base + rng.standard_normal(dim).astype(np.float32) * 0.4
+    features[7] = features[8] = query + rng.standard_normal(dim).astype(np.float32) * 0.3
+    j = np.argmax(np.abs(features[7] - query))
+    features[8, j] = np.nextafter(features[8, j], query[j])
+    return features, query
+
+
+def test_exact_search_reports_float64_distances_and_ranks_a_near_tie():
+    features, query = near_tie()
+    truth = float64_distances(features, query)
+    assert (np.sort(truth)[:2] == truth[[8, 7]]).all() and 0 < truth[7] - truth[8] < 1e-5
+    assert (features ** 2).sum(1).min() > 1e5  # where |g|² - 2 g·q + |q|² cancels
+    searchers = [search.TorchSearch(features)]
+    if faiss is not None:
+        searchers.append(search.FaissSearch.flat(features))
+    allowed = np.ones(len(features), bool)
+    allowed[::3] = False  # not 7 nor 8
+    for searcher in searchers:
+        for mask in (None, allowed):
+            distances, rows = searcher.nearest(query, 20, mask)
+            candidates = np.flatnonzero(mask) if mask is not None else np.arange(len(truth))
+            assert rows.tolist() == candidates[np.argsort(truth[candidates],
+                                                          kind='stable')][:20].tolist()
+            np.testing.assert_allclose(distances, truth[rows], rtol=2 * FLOAT64_SUM_ERROR)
+            assert rows[:2].tolist() == [8, 7]
 
 
 def synthetic_index(num=3000, dim=64):
