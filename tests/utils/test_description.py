@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchreid
-from alfo_run import (CONFIG, checkpoint_model, load_tool, market_split, refused_run,
+from alfo_run import (CONFIG, checkpoint_model, load_tool, market_split, refused_run, run_tool,
                       toy_images)
 
 from alfo_torchreid import config
@@ -30,13 +30,6 @@ TOY_SETTINGS = {
     'alfo.stripe_stride': 0, 'alfo.global_branch': True, 'alfo.local_branch': True,
     'alfo.attr_pred': 'voted', 'alfo.feature': 'global',
 }
-
-
-def tool(capsys, name, *args):
-    """tools/<name>.py's main in this process: (exit status, stdout, stderr lines)."""
-    status = load_tool(name).main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return status, out, err.strip().splitlines()
 
 
 @pytest.fixture(scope='module')
@@ -83,10 +76,10 @@ def test_evaluation_takes_the_checkpoints_input_size_and_downloads_nothing(
 
     monkeypatch.setattr(weights, 'fetch', no_download)
     checkpoint = main_run / 'model' / 'model.pth.tar-1'
-    status, out, err = tool(capsys, 'main', '--config-file', CONFIG, '--root', toy_root, *TINY,
-                            'data.save_dir', tmp_path, 'data.height', '256', 'data.width', '128',
-                            'model.pretrained', 'imagenet', 'test.evaluate', 'True',
-                            'model.load_weights', checkpoint)
+    status, out, err = run_tool('main', '--config-file', CONFIG, '--root', toy_root, *TINY,
+                                'data.save_dir', tmp_path, 'data.height', '256', 'data.width',
+                                '128', 'model.pretrained', 'imagenet', 'test.evaluate', 'True',
+                                'model.load_weights', checkpoint)
     assert status == 0, err
     said = (f'Evaluating "{checkpoint}" with the settings it was trained with, which its '
             'checkpoint holds: data.height 128 (config: 256), data.width 64 (config: 128)')
@@ -115,10 +108,10 @@ def test_predict_refuses_a_config_that_disagrees_naming_the_key(main_run, toy_ro
     other = tmp_path / 'other.yaml'
     other.write_text(cfg.dump())
     checkpoint = main_run / 'model' / 'model.pth.tar-1'
-    status, _, err = tool(capsys, 'predict', '--weights', checkpoint, '--config', other,
-                          market_split(toy_root, 'query'), '--out', tmp_path / 'out')
-    assert status == 2 and len(err) == 1
-    assert err[0] == (f'error: config "{other}" disagrees with checkpoint "{checkpoint}": '
+    status, _, err = run_tool('predict', '--weights', checkpoint, '--config', other,
+                              market_split(toy_root, 'query'), '--out', tmp_path / 'out')
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert err.strip() == (f'error: config "{other}" disagrees with checkpoint "{checkpoint}": '
                       'data.height 128 (config: 256); the checkpoint holds the settings it was '
                       'trained with (leave out --config to use them)')
     assert not (tmp_path / 'out').exists()
@@ -127,7 +120,7 @@ def test_predict_refuses_a_config_that_disagrees_naming_the_key(main_run, toy_ro
 def predicted_features(capsys, checkpoint, images, out, *args):
     """tools/predict.py's features of ``images``, checked against the
     checkpoint's model on 128x64 inputs computed here."""
-    status, _, err = tool(capsys, 'predict', '--weights', checkpoint, images, '--out', out, *args)
+    status, _, err = run_tool('predict', '--weights', checkpoint, images, '--out', out, *args)
     assert status == 0, err
     features = np.load(out / 'features.npy')
     with torch.no_grad():
