@@ -34,7 +34,7 @@ import alfo_torchreid  # noqa: F401  (registers datasets and models into torchre
 from alfo_torchreid import config
 from alfo_torchreid.data import samplers
 from alfo_torchreid.data.datasets import attribute_files
-from alfo_torchreid.engine import precision
+from alfo_torchreid.engine import precision, schedule
 from alfo_torchreid.engine.engine import (BaselineEngine, BaselineTripletEngine,
                                           ImageFocalVoteEngine, unwrap)
 from alfo_torchreid.utils import checkpoints, distributed, weights
@@ -147,7 +147,7 @@ def _run(cfg, log):
     model = place_on_device(cfg, model)
     # the unwrapped model: torchreid names staged_lr's layers past DataParallel only
     optimizer = torchreid.optim.build_optimizer(unwrap(model), **config.optimizer_kwargs(cfg))
-    scheduler = torchreid.optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+    scheduler = schedule.build_scheduler(optimizer, **config.scheduler_kwargs(cfg))
     mixed = precision.MixedPrecision(cfg.train.amp, cfg.use_gpu)
     final_test_only = False
     if not cfg.test.evaluate:
