@@ -35,6 +35,7 @@ from alfo_torchreid import config
 from alfo_torchreid.data import samplers
 from alfo_torchreid.data.datasets import attribute_files
 from alfo_torchreid.engine import precision, schedule
+from alfo_torchreid.engine.center import CenterTerm
 from alfo_torchreid.engine.engine import (BaselineEngine, BaselineTripletEngine,
                                           ImageFocalVoteEngine, unwrap)
 from alfo_torchreid.utils import checkpoints, distributed, weights
@@ -149,9 +150,11 @@ def _run(cfg, log):
     optimizer = torchreid.optim.build_optimizer(unwrap(model), **config.optimizer_kwargs(cfg))
     scheduler = schedule.build_scheduler(optimizer, **config.scheduler_kwargs(cfg))
     mixed = precision.MixedPrecision(cfg.train.amp, cfg.use_gpu)
+    center = build_center_term(cfg, unwrap(model), datamanager.num_train_pids)
     final_test_only = False
     if not cfg.test.evaluate:
-        start_epoch = resume(cfg, model, datamanager.num_train_pids, optimizer, scheduler, mixed)
+        start_epoch = resume(cfg, model, datamanager.num_train_pids, optimizer, scheduler, mixed,
+                             center)
         if start_epoch >= cfg.train.max_epoch:
             if start_epoch > cfg.train.max_epoch or \
                     osp.isfile(osp.join(cfg.data.save_dir, METRICS)):
@@ -171,7 +174,7 @@ def _run(cfg, log):
         log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
         if not final_test_only:
             write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
-    engine = build_engine(cfg, datamanager, model, optimizer, scheduler, mixed)
+    engine = build_engine(cfg, datamanager, model, optimizer, scheduler, mixed, center)
     if cfg.test.evaluate or final_test_only:
         # results, TensorBoard and (after torchreid's final test, when its loop
         # has no epoch left to train) the final snapshot name the epoch tested
@@ -270,8 +273,8 @@ def load_trained_weights(cfg, model, num_classes):
 
 def new_layers(model):
     """The layers of ``model`` that pretrained weights do not give: the
-    identity classifier and, for ALFO, the stripes' attribute heads."""
-    return [name for name in ('classifier', 'attribute_heads')
+    identity classifier, a BNNeck and, for ALFO, the stripes' attribute heads."""
+    return [name for name in ('classifier', 'neck', 'attribute_heads')
             if getattr(model, name, None) is not None]
 
 
@@ -304,7 +307,19 @@ def place_on_device(cfg, model):
     return model
 
 
-def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
+def build_center_term(cfg, model, num_classes):
+    """The run's :class:`~alfo_torchreid.engine.center.CenterTerm` with
+    ``loss.center.weight`` above 0 (else None), in the space of the feature
+    the triplet loss reads: ALFO's training ``features`` (``retrieval_dim``),
+    a torchreid model's ``feature_dim``."""
+    if not cfg.loss.center.weight or cfg.test.evaluate:
+        return None
+    dim = getattr(model, 'retrieval_dim', None) or model.feature_dim
+    return CenterTerm(num_classes, dim, cfg.loss.center.weight, cfg.loss.center.lr,
+                      use_gpu=cfg.use_gpu)
+
+
+def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None, center=None):
     """Restores the run to continue, if any, and returns the epoch to start from.
 
     ``model.resume`` names a checkpoint; ``train.resume`` continues the run
@@ -316,6 +331,8 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
     Args:
         mixed: the run's :class:`alfo_torchreid.engine.precision.MixedPrecision`
             (its gradient scaler's state is restored).
+        center: the run's center term (:func:`build_center_term`; its centers
+            and optimizer are restored), or None.
 
     Raises:
         RunFolderError, CheckpointError.
@@ -334,21 +351,22 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
         return 0
     start_epoch, checkpoint = checkpoints.load_training_state(
         path, unwrap(model), num_classes, optimizer, scheduler, trust=cfg.model.trust_checkpoint,
-        precision=mixed)
+        precision=mixed, center=center)
     if distributed.is_main_process():
         restore_history(cfg.data.save_dir, start_epoch, checkpoint.get('history'))
     print(f'Resumed from "{path}": continuing at epoch {start_epoch + 1}')
     return start_epoch
 
 
-def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None):
+def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None, center=None):
     """ALFO's engine, or torchreid's softmax / triplet engine for a baseline.
 
     Args:
         mixed: :class:`alfo_torchreid.engine.precision.MixedPrecision` of ALFO's
             steps (``train.amp``; the baselines train in fp32).
+        center: the run's center term (:func:`build_center_term`), or None.
     """
-    common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu,
+    common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu, center=center,
                   label_smooth=cfg.loss.softmax.label_smooth, evaluator=cfg.test.evaluator,
                   snapshot_optimizer=cfg.train.save_optimizer_in_snapshots,
                   channels_last=precision.uses_channels_last(cfg.train.channels_last,

@@ -281,9 +281,10 @@ def set_rng_state(state):
 # -- resuming ---------------------------------------------------------------
 
 def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=None,
-                        trust=False, restore_rng=True, precision=None):
+                        trust=False, restore_rng=True, precision=None, center=None):
     """Resumes from ``fpath``: weights, optimizer, scheduler, gradient scaler
-    (into ``precision``, a :class:`alfo_torchreid.engine.precision.MixedPrecision`)
+    (into ``precision``, a :class:`alfo_torchreid.engine.precision.MixedPrecision`),
+    center loss (into ``center``, a :class:`alfo_torchreid.engine.center.CenterTerm`)
     and RNG states (:func:`restore_rng_states`).
 
     The checkpoint must fit ``num_classes`` and ``model.schema`` and have been
@@ -317,6 +318,8 @@ def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=Non
         _restore_scheduler(scheduler, checkpoint['scheduler'], optimizer, fpath)
     if precision is not None:
         precision.load_state_dict(checkpoint.get('grad_scaler'))
+    if center is not None:
+        center.load_state_dict(checkpoint.get('center_loss'))
     if restore_rng and 'rng' in checkpoint:
         restore_rng_states(checkpoint)
     return int(checkpoint['epoch']), checkpoint
