@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alfo_torchreid import run as run_lib
+from alfo_torchreid import config, run as run_lib
 from alfo_torchreid.utils.checkpoints import load_checkpoint
+from alfo_torchreid.utils.errors import ConfigError
 from alfo_torchreid.utils.run_folder import read_history
 
 STRONG = Path(__file__).resolve().parents[1] / 'configs' / 'strong'
@@ -25,6 +26,18 @@ OPTS = ('use_gpu', 'False', 'data.height', '64', 'data.width', '32', 'alfo.num_p
 TERMS = {'resnet50_bnneck': ('loss_t', 'loss_x', 'loss_c'),
          'alfo': ('loss_id', 'loss_attr', 'loss_triplet', 'loss_center')}
 FALLING = {'resnet50_bnneck': ('loss_t', 'loss_c'), 'alfo': ('loss_triplet', 'loss_center')}
+
+
+@pytest.mark.parametrize('opts, message', [
+    (('loss.name', 'softmax', 'sampler.train_sampler', 'RandomSampler'),
+     'loss.center.weight 0.0005 needs loss.name triplet'),
+    (('alfo.global_branch', 'False'), 'alfo.neck bnneck needs alfo.global_branch True'),
+    (('train.warmup_factor', '0.0'), r'train.warmup_factor must be in \(0, 1\]'),
+    (('alfo.neck', 'bn'), "alfo.neck must be one of \\['none', 'bnneck'\\]"),
+])
+def test_strong_keys_refuse_what_cannot_work(opts, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load_config(str(STRONG / 'alfo_market.yaml'), opts)
 
 
 def expected_lr(epoch):
