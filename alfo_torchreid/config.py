@@ -527,6 +527,11 @@ def check_processes(cfg, world_size):
             f'sampler.num_instances {k} does not divide each process\'s share of '
             f'train.batch_size ({batch} / {world_size} processes = {batch // world_size} '
             f'images): every process must hold whole identities')
+    if cfg.loss.center.weight:
+        raise ConfigError(
+            f'loss.center.weight {cfg.loss.center.weight} trains in one process only: the '
+            f'centers are not synchronised across the {world_size} processes (WORLD_SIZE); '
+            'set loss.center.weight 0 under torchrun')
     if cfg.train.sync_bn and not cfg.use_gpu:
         raise ConfigError('train.sync_bn needs CUDA (use_gpu True): torch\'s SyncBatchNorm '
                           'synchronises GPU batches only')
