@@ -93,7 +93,8 @@ STRONG_CONFIGS = {
                    'resnet50_bnneck': 'strong/resnet50_bnneck_market.yaml'},
     'dukemtmcreid': {'alfo': 'strong/alfo_duke.yaml',
                      'resnet50_bnneck': 'strong/resnet50_bnneck_duke.yaml'},
-    'quick': {'alfo': 'strong/alfo_toy.yaml', 'resnet50_bnneck': 'strong/resnet50_bnneck_toy.yaml'},
+    'quick': {'alfo': 'strong/alfo_toy.yaml',
+              'resnet50_bnneck': 'strong/resnet50_bnneck_toy.yaml'},
 }
 STRONG_ROWS = {
     'strong_baseline': Row('resnet50_bnneck'),
@@ -385,7 +386,8 @@ def markdown(rows, dataset, seeds, out, quick, epochs, opts, table='paper'):
     runs = (f'`{out}/<row>/seed<k>`, {epochs} epoch{"s" * (epochs != 1)}, '
             + ('seeds ' if len(seeds) > 1 else 'seed ') + ', '.join(map(str, seeds)))
     lines = [f'# {tables.title} on {title}', '',
-             f"Our runs ({runs}) beside the published figures (`alfo_torchreid/evaluation/paper.py`). "
+             f'Our runs ({runs}) beside the published figures '
+             '(`alfo_torchreid/evaluation/paper.py`). '
              'Rank-k, mAP and attribute mA (gallery, `-` for models without attribute heads) '
              'in %' + (', mean ± sample standard deviation over the seeds' if len(seeds) > 1
                        else '') + "; Δ = ours − paper's.", '']

@@ -12,7 +12,8 @@ finished and continuing an interrupted one, then writes reproduction.md and
 reproduction.csv into --out: our Rank-1, Rank-5, mAP and attribute mA beside
 the paper's figures. --table strong runs instead the strong baseline (BoT's
 recipe, resnet50_bnneck), ALFO on it and ALFO on it without the local branch
-(configs/strong/), beside BoT's published figures. Trailing KEY VALUE pairs override every run's config.
+(configs/strong/), beside BoT's published figures. Trailing KEY VALUE pairs
+override every run's config.
 Run the same command again to continue an interrupted reproduction.
 """
 import argparse

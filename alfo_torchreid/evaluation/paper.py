@@ -5,12 +5,12 @@ Table 1 of the paper holds the ablations (local only, global only, no focal
 loss, ALFO); Table 2 compares ALFO with other methods, among them PCB as the
 paper reports it. torchreid's ResNet-50 softmax baseline is not in the paper:
 its row holds the figures of torchreid's model zoo, the reference for the
-``resnet50`` run.
+``resnet50`` run. ``tools/reproduce.py`` sets its results beside these rows;
+``docs/reproduce.md`` shows them (:func:`markdown_table`).
 
 :data:`STRONG_RESULTS` are the rows of ``tools/reproduce.py --table strong``:
 the strong baseline's published figures (BoT, Luo et al. 2019) and ALFO on it,
-which nobody has published (its figures are None). ``tools/reproduce.py`` sets its results beside these rows;
-``docs/reproduce.md`` shows them (:func:`markdown_table`).
+which nobody has published (its figures are None).
 """
 from typing import NamedTuple, Optional, Tuple
 
