@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from alfo_torchreid import config, run as run_lib
+from alfo_torchreid.serving import inference
 from alfo_torchreid.utils.checkpoints import load_checkpoint
 from alfo_torchreid.utils.errors import ConfigError
 from alfo_torchreid.utils.run_folder import read_history
@@ -70,3 +71,11 @@ def test_recipe_trains_and_resumes(toy_root, tmp_path, model):
         assert history[-1][key] < history[0][key], key
     results = engine.results['market1501_attr']
     assert 0 <= results['mAP'] <= 1
+    if model == 'alfo':  # the tools rebuild the BNNeck from the run's config
+        trained = inference.load_trained_alfo(tmp_path / 'model' / f'model.pth.tar-{EPOCHS}',
+                                              device='cpu')
+        images = torch.randn(2, 3, 64, 32)
+        with torch.no_grad():
+            features, _ = trained.network(images)
+            torch.testing.assert_close(features, engine.network.eval()(images))
+        assert trained.network.model.neck is not None
