@@ -64,6 +64,9 @@ def get_default_config():
     cfg.data.width = 128
     cfg.data.combineall = False
     cfg.data.transforms = ['random_flip']
+    # probability of torchreid's random_erase (its build_transforms fixes 0.5, BoT's
+    # value; alfo_torchreid.run.set_erase_probability applies this one)
+    cfg.data.erase_probability = 0.5
     cfg.data.k_tfm = 1
     cfg.data.norm_mean = [0.485, 0.456, 0.406]  # ImageNet statistics
     cfg.data.norm_std = [0.229, 0.224, 0.225]
@@ -378,6 +381,7 @@ SCHEMA = {
     'data.k_tfm': at_least(1),
     'data.split_id': at_least(0),
     'data.transforms': all_items(one_of(*TRANSFORMS)),
+    'data.erase_probability': between(0, 1),
     'sampler.train_sampler': one_of(*SAMPLERS),
     'sampler.train_sampler_t': one_of(*SAMPLERS),
     'sampler.num_instances': at_least(1),

@@ -201,12 +201,22 @@ def build_datamanager(cfg):
         check_dataset_folder(cfg.data.root, name)
     with attribute_files(**cfg.alfo.attr_file):
         datamanager = torchreid.data.ImageDataManager(**config.imagedata_kwargs(cfg))
+    set_erase_probability(datamanager, cfg.data.erase_probability)
     if distributed.is_initialized():
         datamanager.train_loader = samplers.process_train_loader(
             datamanager.train_loader, cfg.sampler.train_sampler, cfg.train.batch_size,
             cfg.sampler.num_instances, distributed.rank(), distributed.world_size(),
             cfg.train.seed)
     return datamanager
+
+
+def set_erase_probability(datamanager, probability):
+    """Gives the random erasing of ``datamanager``'s training transform (torchreid's
+    ``random_erase``, built at probability 0.5 with no way to pass another) the
+    probability ``probability``. The training sets hold that very transform."""
+    for step in datamanager.transform_tr.transforms:
+        if isinstance(step, torchreid.data.transforms.RandomErasing):
+            step.probability = probability
 
 
 def check_dataset_folder(root, name):

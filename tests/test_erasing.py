@@ -9,7 +9,7 @@ import random
 import torch
 import torchreid
 
-from alfo_torchreid import config
+from alfo_torchreid import config, run as run_lib
 
 STRONG = 'configs/strong/resnet50_bnneck_market.yaml'
 H, W, DRAWS = 256, 128, 2000
@@ -38,6 +38,16 @@ def test_strong_configs_erase_with_bot_settings():
     erase, cfg = eraser()
     assert (erase.probability, erase.sl, erase.sh, erase.r1) == (0.5, 0.02, 0.4, 0.3)
     assert list(erase.mean) == list(cfg.data.norm_mean)
+
+
+def test_data_erase_probability_reaches_the_training_images(toy_root):
+    cfg = config.load_config(STRONG, ['data.root', str(toy_root), 'data.erase_probability',
+                                      '0.25', 'data.height', '64', 'data.width', '32',
+                                      'use_gpu', 'False', 'train.batch_size', '16'])
+    with contextlib.redirect_stdout(io.StringIO()):
+        datamanager = run_lib.build_datamanager(cfg)
+    erase = datamanager.train_loader.dataset.transform.transforms[-1]
+    assert type(erase).__name__ == 'RandomErasing' and erase.probability == 0.25
 
 
 def erased_box(img, mean):
