@@ -26,6 +26,7 @@ ATTR_PRED_MODES = ('voted', 'mean')
 AMP_MODES = ('off', 'bf16', 'fp16')  # train.amp (alfo_torchreid.engine.precision)
 CHANNELS_LAST_MODES = ('auto', 'on', 'off')  # train.channels_last
 FEATURE_MODES = ('global', 'local', 'global+local')
+NECKS = ('none', 'bnneck')  # alfo.neck (alfo_torchreid.models.neck.NECKS)
 EVALUATORS = ('alfo', 'torchreid')
 LOSSES = ('softmax', 'triplet')
 # torchreid's own lists (optim.AVAI_OPTIMS, AVAI_SCH, data.sampler.AVAI_SAMPLERS,
@@ -72,6 +73,9 @@ def get_default_config():
     cfg.data.width = 128
     cfg.data.combineall = False
     cfg.data.transforms = ['random_flip']
+    # probability of torchreid's random_erase (its build_transforms fixes 0.5, BoT's
+    # value; alfo_torchreid.run.set_erase_probability applies this one)
+    cfg.data.erase_probability = 0.5
     cfg.data.k_tfm = 1
     cfg.data.norm_mean = [0.485, 0.456, 0.406]  # ImageNet statistics
     cfg.data.norm_std = [0.229, 0.224, 0.225]
@@ -111,6 +115,10 @@ def get_default_config():
     cfg.train.lr_scheduler = 'single_step'
     cfg.train.stepsize = [20]
     cfg.train.gamma = 0.1
+    # Linear warm-up (BoT): over the first warmup_epochs epochs the lr rises from
+    # warmup_factor x the scheduled lr to it; 0 epochs: none (torchreid's schedule)
+    cfg.train.warmup_epochs = 0
+    cfg.train.warmup_factor = 0.1
     cfg.train.print_freq = 20
     cfg.train.seed = 1
     cfg.train.resume = False  # resume from <save_dir>/model/latest.pth.tar when it exists
@@ -150,6 +158,12 @@ def get_default_config():
     # the triplet loss alone; 1 is the usual softmax + triplet recipe, and for
     # ALFO the identity loss is part of the method (it multiplies alfo.id_weight).
     cfg.loss.triplet.weight_x = 1.
+    # BoT's center loss on the feature the triplet loss reads (before a BNNeck):
+    # weight > 0 adds weight x mean squared distance to the identity's center; the
+    # centers learn by their own SGD at lr (BoT: weight 0.0005, lr 0.5)
+    cfg.loss.center = CN()
+    cfg.loss.center.weight = 0.
+    cfg.loss.center.lr = 0.5
 
     cfg.test = CN()
     cfg.test.batch_size = 100
@@ -181,6 +195,9 @@ def add_alfo_config(cfg):
     cfg.alfo.vote = 'majority'
     cfg.alfo.attr_pred = 'voted'
     cfg.alfo.feature = 'global'
+    # 'bnneck': the strong baseline's BatchNorm between the global pool and a
+    # bias-free identity classifier (alfo_torchreid.models.neck); 'none': the paper
+    cfg.alfo.neck = 'none'
     cfg.alfo.focal = True  # False: plain cross entropy (the "no focal loss" ablation)
     cfg.alfo.focal_alpha = 0.5
     cfg.alfo.focal_gamma = 2.0
@@ -417,6 +434,7 @@ SCHEMA = {
     'data.k_tfm': at_least(1),
     'data.split_id': at_least(0),
     'data.transforms': all_items(one_of(*TRANSFORMS)),
+    'data.erase_probability': between(0, 1),
     'sampler.train_sampler': one_of(*SAMPLERS),
     'sampler.train_sampler_t': one_of(*SAMPLERS),
     'sampler.num_instances': at_least(1),
@@ -433,6 +451,8 @@ SCHEMA = {
     'train.lr_scheduler': one_of(*SCHEDULERS),
     'train.stepsize': all_items(at_least(1)),
     'train.gamma': above(0),
+    'train.warmup_epochs': at_least(0),
+    'train.warmup_factor': (lambda v: 0 < v <= 1, 'in (0, 1]'),
     'train.print_freq': at_least(1),
     'train.amp': one_of(*AMP_MODES),
     'train.channels_last': one_of(*CHANNELS_LAST_MODES),
@@ -445,6 +465,8 @@ SCHEMA = {
     'loss.triplet.margin': at_least(0),
     'loss.triplet.weight_t': at_least(0),
     'loss.triplet.weight_x': at_least(0),
+    'loss.center.weight': at_least(0),
+    'loss.center.lr': above(0),
     'test.batch_size': at_least(1),
     'test.dist_metric': one_of('euclidean', 'cosine'),
     'test.ranks': all_items(between(1, 50)),
@@ -460,6 +482,7 @@ SCHEMA = {
     'alfo.vote': one_of(*VOTE_MODES),
     'alfo.attr_pred': one_of(*ATTR_PRED_MODES),
     'alfo.feature': one_of(*FEATURE_MODES),
+    'alfo.neck': one_of(*NECKS),
     'alfo.focal_alpha': between(0, 1),
     'alfo.focal_gamma': at_least(0),
     'alfo.id_weight': at_least(0),
@@ -504,6 +527,13 @@ def check_config(cfg):
             f'loss.name triplet needs identities with several images in every batch: set '
             f'sampler.train_sampler RandomIdentitySampler (got {cfg.sampler.train_sampler!r}; '
             f'sampler.num_instances images per identity)')
+    if cfg.loss.center.weight and cfg.loss.name != 'triplet':
+        raise ConfigError(f'loss.center.weight {cfg.loss.center.weight} needs loss.name triplet: '
+                          'the center loss reads the feature the triplet loss reads (before '
+                          'the neck), as in BoT')
+    if a.neck != 'none' and not a.global_branch and is_alfo(cfg):
+        raise ConfigError(f'alfo.neck {a.neck} needs alfo.global_branch True: the neck sits '
+                          'between the global pool and the identity classifier')
     if cfg.test.visrank and not cfg.test.evaluate:
         raise ConfigError('test.visrank True needs test.evaluate True: ranked lists are drawn '
                           'when evaluating trained weights (model.load_weights), as in torchreid')
@@ -592,6 +622,11 @@ def check_processes(cfg, world_size):
             f'sampler.num_instances {k} does not divide each process\'s share of '
             f'train.batch_size ({batch} / {world_size} processes = {batch // world_size} '
             f'images): every process must hold whole identities')
+    if cfg.loss.center.weight:
+        raise ConfigError(
+            f'loss.center.weight {cfg.loss.center.weight} trains in one process only: the '
+            f'centers are not synchronised across the {world_size} processes (WORLD_SIZE); '
+            'set loss.center.weight 0 under torchrun')
     if cfg.train.sync_bn and not cfg.use_gpu:
         raise ConfigError('train.sync_bn needs CUDA (use_gpu True): torch\'s SyncBatchNorm '
                           'synchronises GPU batches only')
@@ -664,6 +699,13 @@ def lr_scheduler_kwargs(cfg):
     }
 
 
+def scheduler_kwargs(cfg):
+    """Arguments of :func:`alfo_torchreid.engine.schedule.build_scheduler`:
+    :func:`lr_scheduler_kwargs` and the warm-up."""
+    return dict(lr_scheduler_kwargs(cfg), warmup_epochs=cfg.train.warmup_epochs,
+                warmup_factor=cfg.train.warmup_factor)
+
+
 # ``Engine.run``'s arguments and the config keys that give them
 RUN_KEYS = {
     'save_dir': 'data.save_dir',
@@ -706,6 +748,7 @@ def alfo_model_kwargs(cfg):
         'local_branch': a.local_branch,
         'attr_pred': a.attr_pred,
         'feature': a.feature,
+        'neck': a.neck,
     }
 
 

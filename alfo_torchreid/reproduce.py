@@ -23,6 +23,12 @@ comparison (ALFO, PCB, ResNet-50): Rank-1, Rank-5, mAP and attribute mA in %
 mAP (:mod:`alfo_torchreid.evaluation.paper`) and our mean minus the paper's figure, all
 rounded to 2 decimals.
 
+The strong table (``table='strong'``, :data:`TABLE_SETS`): the strong
+baseline (``configs/strong/resnet50_bnneck_*``, BoT's recipe), ALFO on it
+(``configs/strong/alfo_*``) and ALFO on it without its local branch, beside
+BoT's published figures (:data:`alfo_torchreid.evaluation.paper.STRONG_RESULTS`;
+ALFO's rows have none). The runs go into ``<out>/strong_<row>/seed<k>``.
+
 Quick mode: the same runs on the toy dataset (``configs/*_toy.yaml``, the
 dataset's attribute set, :data:`QUICK_OVERRIDES`), a smoke test of the
 pipeline on the CPU whose figures are not expected to match the paper's.
@@ -81,6 +87,47 @@ TABLES = (
      ('alfo', 'pcb', 'resnet50')),
 )
 RUN_ORDER = tuple(dict.fromkeys(name for _, _, names in TABLES for name in names))
+
+# tools/reproduce.py --table strong: ALFO on the strong baseline (docs/method.md)
+STRONG_CONFIGS = {
+    'market1501': {'alfo': 'strong/alfo_market.yaml',
+                   'resnet50_bnneck': 'strong/resnet50_bnneck_market.yaml'},
+    'dukemtmcreid': {'alfo': 'strong/alfo_duke.yaml',
+                     'resnet50_bnneck': 'strong/resnet50_bnneck_duke.yaml'},
+    'quick': {'alfo': 'strong/alfo_toy.yaml',
+              'resnet50_bnneck': 'strong/resnet50_bnneck_toy.yaml'},
+}
+STRONG_ROWS = {
+    'strong_baseline': Row('resnet50_bnneck'),
+    'strong_alfo': Row('alfo'),
+    'strong_global_only': Row('alfo', ('alfo.local_branch', 'False')),
+}
+STRONG_TABLES = (
+    ('strong', 'ALFO on the strong baseline (BoT, Luo et al. 2019)',
+     ('strong_baseline', 'strong_alfo', 'strong_global_only')),
+)
+
+
+class TableSet(NamedTuple):
+    """What one ``--table`` runs and writes: config files per dataset
+    (:data:`CONFIGS`' form), rows, tables ((key, title, rows) each) and the
+    published figures of each row."""
+    configs: dict
+    rows: dict
+    tables: tuple
+    figures: dict
+    title: str
+
+    @property
+    def run_order(self):
+        return tuple(dict.fromkeys(name for _, _, names in self.tables for name in names))
+
+
+TABLE_SETS = {
+    'paper': TableSet(CONFIGS, ROWS, TABLES, paper.RESULTS, "The paper's tables reproduced"),
+    'strong': TableSet(STRONG_CONFIGS, STRONG_ROWS, STRONG_TABLES, paper.STRONG_RESULTS,
+                       'ALFO on the strong baseline'),
+}
 # config keys the tool sets for every run, and the option that sets them instead
 OWN_KEYS = {'data.root': '--root', 'data.save_dir': '--out', 'data.sources': '--dataset',
             'data.targets': '--dataset', 'train.seed': '--seeds', 'train.resume': None}
@@ -106,7 +153,7 @@ class Run(NamedTuple):
     save_dir: str
 
 
-def reproduce(dataset, out, root='', quick=False, seeds=(1,), opts=()):
+def reproduce(dataset, out, root='', quick=False, seeds=(1,), opts=(), table='paper'):
     """Runs what is missing of the reproduction, then writes and returns its tables.
 
     Args:
@@ -117,6 +164,8 @@ def reproduce(dataset, out, root='', quick=False, seeds=(1,), opts=()):
         quick: the toy configs and :data:`QUICK_OVERRIDES`.
         seeds: ``train.seed`` of each repetition of every run.
         opts: ``KEY VALUE`` overrides of every run's config.
+        table: ``'paper'`` (Table 1 and the comparison) or ``'strong'`` (ALFO on
+            the strong baseline), a key of :data:`TABLE_SETS`.
 
     Returns:
         str: the Markdown of ``reproduction.md``.
@@ -126,8 +175,9 @@ def reproduce(dataset, out, root='', quick=False, seeds=(1,), opts=()):
             a key the tool sets, a bad config, a missing dataset folder, or a run
             recorded with another config; all before any training.
     """
-    check_arguments(dataset, seeds, opts)
-    runs = plan(dataset, out, seeds, quick, root, opts)
+    check_arguments(dataset, seeds, opts, table)
+    tables = TABLE_SETS[table]
+    runs = plan(dataset, out, seeds, quick, root, opts, table)
     cfgs = [config.load_config(run.config_file, run.opts) for run in runs]
     if quick and not root:
         ensure_toy_dataset(cfgs[0].data.root, dataset)
@@ -137,18 +187,20 @@ def reproduce(dataset, out, root='', quick=False, seeds=(1,), opts=()):
                                input_files(runs, cfgs))
     record_configs(runs, cfgs, out)
     train_missing(runs)
-    table = table_rows({name: [run_results(r, TARGETS[dataset]) for r in runs if r.row == name]
-                        for name in RUN_ORDER}, dataset)
-    text = markdown(table, dataset, seeds, out, quick, cfgs[0].train.max_epoch, opts)
+    rows = table_rows({name: [run_results(r, TARGETS[dataset]) for r in runs if r.row == name]
+                       for name in tables.run_order}, dataset, table)
+    text = markdown(rows, dataset, seeds, out, quick, cfgs[0].train.max_epoch, opts, table)
     md, table_csv = (osp.join(out, name) for name in TABLE_FILES)
     write_file(md, text.encode())
-    write_file(table_csv, report.csv_text(table, CSV_COLUMNS).encode())
+    write_file(table_csv, report.csv_text(rows, CSV_COLUMNS).encode())
     return text
 
 
-def check_arguments(dataset, seeds, opts):
-    """Raises AlfoError for an unknown dataset, a negative or repeated seed, or an
-    override of a key that the tool sets itself."""
+def check_arguments(dataset, seeds, opts, table='paper'):
+    """Raises AlfoError for an unknown dataset or table, a negative or repeated
+    seed, or an override of a key that the tool sets itself."""
+    if table not in TABLE_SETS:
+        raise AlfoError(f'unknown table "{table}"; expected one of {", ".join(TABLE_SETS)}')
     if dataset not in TARGETS:
         raise AlfoError(f'unknown dataset "{dataset}"; expected one of {", ".join(TARGETS)}')
     given = ' '.join(map(str, seeds))
@@ -163,16 +215,18 @@ def check_arguments(dataset, seeds, opts):
             raise AlfoError(f'override {key} is set by tools/reproduce.py itself ({where})')
 
 
-def plan(dataset, out, seeds=(1,), quick=False, root='', opts=()):
-    """The runs of the reproduction, in the order they run (:data:`RUN_ORDER`, seed by seed)."""
-    configs = CONFIGS['quick' if quick else dataset]
+def plan(dataset, out, seeds=(1,), quick=False, root='', opts=(), table='paper'):
+    """The runs of the reproduction, in the order they run (the table set's
+    rows, :data:`RUN_ORDER` for the paper's, seed by seed)."""
+    tables = TABLE_SETS[table]
+    configs = tables.configs['quick' if quick else dataset]
     common = (*(QUICK_OVERRIDES if quick else ()), *opts,
               'data.sources', str([TARGETS[dataset]]), 'data.targets', str([TARGETS[dataset]]),
               'train.resume', 'True', *(('data.root', root) if root else ()))
     runs = []
     for seed in seeds:
-        for name in RUN_ORDER:
-            row = ROWS[name]
+        for name in tables.run_order:
+            row = tables.rows[name]
             save_dir = osp.join(out, name, f'seed{seed}')
             own = ('data.save_dir', save_dir, 'train.seed', str(seed))
             runs.append(Run(name, seed, str(CONFIG_DIR / configs[row.model]),
@@ -289,27 +343,30 @@ def mean_std(values):
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def table_rows(results, dataset):
-    """The rows of both tables, each a dict of :data:`CSV_COLUMNS` (% or None).
+def table_rows(results, dataset, table='paper'):
+    """The rows of the table set's tables, each a dict of :data:`CSV_COLUMNS`
+    (% or None; the differences are None where nothing was published).
 
     Args:
         results: ``{row: [run_results of each seed]}``.
         dataset: the key of the paper's figures (``'market1501'``, ``'dukemtmcreid'``).
+        table: a key of :data:`TABLE_SETS`.
     """
-    table = []
-    for key, _, names in TABLES:
+    tables = TABLE_SETS[table]
+    rows = []
+    for key, _, names in tables.tables:
         for name in names:
-            figures = paper.RESULTS[name]
+            figures = tables.figures[name]
             row = {'table': key, 'row': name, 'seeds': len(results[name]),
                    'paper_source': figures.source}
             for metric in METRIC_KEYS:
                 row[metric], row[f'{metric}_std'] = mean_std([r[metric] for r in results[name]])
             row['paper_rank1'], row['paper_mAP'] = getattr(figures, dataset)
             for metric in ('rank1', 'mAP'):
-                ours = row[metric]
-                row[f'delta_{metric}'] = None if ours is None else ours - row[f'paper_{metric}']
-            table.append(row)
-    return table
+                ours, theirs = row[metric], row[f'paper_{metric}']
+                row[f'delta_{metric}'] = None if None in (ours, theirs) else ours - theirs
+            rows.append(row)
+    return rows
 
 
 def _figure(value, std=None):
@@ -318,10 +375,10 @@ def _figure(value, std=None):
     return f'{value:.2f}' if std is None else f'{value:.2f} ± {std:.2f}'
 
 
-def markdown_cells(row):
+def markdown_cells(row, table='paper'):
     """A table row as the Markdown cells of :data:`MD_COLUMNS`."""
     delta = {k: '-' if row[k] is None else f'{row[k]:+.2f}' for k in ('delta_rank1', 'delta_mAP')}
-    return {'row': paper.RESULTS[row['row']].method,
+    return {'row': TABLE_SETS[table].figures[row['row']].method,
             'Rank-1': _figure(row['rank1'], row['rank1_std']),
             'Rank-5': _figure(row['rank5'], row['rank5_std']),
             'mAP': _figure(row['mAP'], row['mAP_std']),
@@ -331,13 +388,15 @@ def markdown_cells(row):
             'paper source': row['paper_source']}
 
 
-def markdown(table, dataset, seeds, out, quick, epochs, opts):
-    """``reproduction.md``: what was run, then the two tables."""
+def markdown(rows, dataset, seeds, out, quick, epochs, opts, table='paper'):
+    """``reproduction.md``: what was run, then the table set's tables."""
+    tables = TABLE_SETS[table]
     title = paper.DATASET_TITLES[dataset]
     runs = (f'`{out}/<row>/seed<k>`, {epochs} epoch{"s" * (epochs != 1)}, '
             + ('seeds ' if len(seeds) > 1 else 'seed ') + ', '.join(map(str, seeds)))
-    lines = [f"# The paper's tables reproduced on {title}", '',
-             f"Our runs ({runs}) beside the paper's figures (`alfo_torchreid/evaluation/paper.py`). "
+    lines = [f'# {tables.title} on {title}', '',
+             f'Our runs ({runs}) beside the published figures '
+             '(`alfo_torchreid/evaluation/paper.py`). '
              'Rank-k, mAP and attribute mA (gallery, `-` for models without attribute heads) '
              'in %' + (', mean ± sample standard deviation over the seeds' if len(seeds) > 1
                        else '') + "; Δ = ours − paper's.", '']
@@ -347,7 +406,7 @@ def markdown(table, dataset, seeds, out, quick, epochs, opts):
                   f'{title}.**', '']
     if opts:
         lines += [f'Overrides of every run: `{" ".join(opts)}`', '']
-    for key, heading, _ in TABLES:
-        cells = [markdown_cells(row) for row in table if row['table'] == key]
+    for key, heading, _ in tables.tables:
+        cells = [markdown_cells(row, table) for row in rows if row['table'] == key]
         lines += [f'## {heading}', '', report.markdown_table(cells, MD_COLUMNS)]
     return '\n'.join(lines)

@@ -38,7 +38,8 @@ from alfo_torchreid import config
 from alfo_torchreid.data import samplers
 from alfo_torchreid.data.datasets import attribute_files
 from alfo_torchreid.data.manifest import register_manifest_dataset
-from alfo_torchreid.engine import precision
+from alfo_torchreid.engine import precision, schedule
+from alfo_torchreid.engine.center import CenterTerm
 from alfo_torchreid.engine.engine import (BaselineEngine, BaselineTripletEngine,
                                           ImageFocalVoteEngine, unwrap)
 from alfo_torchreid.utils import checkpoints, compat, description, distributed, weights
@@ -238,12 +239,13 @@ def _run(cfg, log, folder, verbose=False):
     model = place_on_device(cfg, model)
     # the unwrapped model: torchreid names staged_lr's layers past DataParallel only
     optimizer = torchreid.optim.build_optimizer(unwrap(model), **config.optimizer_kwargs(cfg))
-    scheduler = torchreid.optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+    scheduler = schedule.build_scheduler(optimizer, **config.scheduler_kwargs(cfg))
     mixed = precision.MixedPrecision(cfg.train.amp, cfg.use_gpu)
+    center = build_center_term(cfg, unwrap(model), datamanager.num_train_pids)
     final_test_only = False
     if not cfg.test.evaluate:
         start_epoch, resumed_from = resume(cfg, model, datamanager.num_train_pids, optimizer,
-                                           scheduler, mixed)
+                                           scheduler, mixed, center)
         if start_epoch >= cfg.train.max_epoch:
             if start_epoch > cfg.train.max_epoch or \
                     osp.isfile(osp.join(cfg.data.save_dir, METRICS)):
@@ -267,7 +269,7 @@ def _run(cfg, log, folder, verbose=False):
         log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
         if not final_test_only:
             write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
-    engine = build_engine(cfg, datamanager, model, optimizer, scheduler, mixed)
+    engine = build_engine(cfg, datamanager, model, optimizer, scheduler, mixed, center)
     if cfg.test.evaluate or final_test_only:
         # results, TensorBoard and (after torchreid's final test, when its loop
         # has no epoch left to train) the final snapshot name the epoch tested
@@ -330,12 +332,22 @@ def build_datamanager(cfg):
         check_dataset_folder(cfg.data.root, name)
     with attribute_files(**cfg.alfo.attr_file):
         datamanager = torchreid.data.ImageDataManager(**config.imagedata_kwargs(cfg))
+    set_erase_probability(datamanager, cfg.data.erase_probability)
     if distributed.is_initialized():
         datamanager.train_loader = samplers.process_train_loader(
             datamanager.train_loader, cfg.sampler.train_sampler, cfg.train.batch_size,
             cfg.sampler.num_instances, distributed.rank(), distributed.world_size(),
             cfg.train.seed)
     return datamanager
+
+
+def set_erase_probability(datamanager, probability):
+    """Gives the random erasing of ``datamanager``'s training transform (torchreid's
+    ``random_erase``, built at probability 0.5 with no way to pass another) the
+    probability ``probability``. The training sets hold that very transform."""
+    for step in datamanager.transform_tr.transforms:
+        if isinstance(step, torchreid.data.transforms.RandomErasing):
+            step.probability = probability
 
 
 def check_dataset_folder(root, name):
@@ -406,8 +418,8 @@ def load_trained_weights(cfg, model, num_classes):
 
 def new_layers(model):
     """The layers of ``model`` that pretrained weights do not give: the
-    identity classifier and, for ALFO, the stripes' attribute heads."""
-    return [name for name in ('classifier', 'attribute_heads')
+    identity classifier, a BNNeck and, for ALFO, the stripes' attribute heads."""
+    return [name for name in ('classifier', 'neck', 'attribute_heads')
             if getattr(model, name, None) is not None]
 
 
@@ -440,7 +452,19 @@ def place_on_device(cfg, model):
     return model
 
 
-def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
+def build_center_term(cfg, model, num_classes):
+    """The run's :class:`~alfo_torchreid.engine.center.CenterTerm` with
+    ``loss.center.weight`` above 0 (else None), in the space of the feature
+    the triplet loss reads: ALFO's training ``features`` (``retrieval_dim``),
+    a torchreid model's ``feature_dim``."""
+    if not cfg.loss.center.weight or cfg.test.evaluate:
+        return None
+    dim = getattr(model, 'retrieval_dim', None) or model.feature_dim
+    return CenterTerm(num_classes, dim, cfg.loss.center.weight, cfg.loss.center.lr,
+                      use_gpu=cfg.use_gpu)
+
+
+def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None, center=None):
     """Restores the run to continue, if any.
 
     ``model.resume`` names a checkpoint; ``train.resume`` continues the run
@@ -452,6 +476,8 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
     Args:
         mixed: the run's :class:`alfo_torchreid.engine.precision.MixedPrecision`
             (its gradient scaler's state is restored).
+        center: the run's center term (:func:`build_center_term`; its centers
+            and optimizer are restored), or None.
 
     Returns:
         (the epoch to start from, the checkpoint resumed from or '' for none).
@@ -473,20 +499,21 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
         return 0, ''
     start_epoch, checkpoint = checkpoints.load_training_state(
         path, unwrap(model), num_classes, optimizer, scheduler, trust=cfg.model.trust_checkpoint,
-        precision=mixed)
+        precision=mixed, center=center)
     if distributed.is_main_process():
         restore_history(cfg.data.save_dir, start_epoch, checkpoint.get('history'))
     return start_epoch, path
 
 
-def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None):
+def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None, center=None):
     """ALFO's engine, or torchreid's softmax / triplet engine for a baseline.
 
     Args:
         mixed: :class:`alfo_torchreid.engine.precision.MixedPrecision` of ALFO's
             steps (``train.amp``; the baselines train in fp32).
+        center: the run's center term (:func:`build_center_term`), or None.
     """
-    common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu,
+    common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu, center=center,
                   label_smooth=cfg.loss.softmax.label_smooth, evaluator=cfg.test.evaluator,
                   snapshot_optimizer=cfg.train.save_optimizer_in_snapshots,
                   channels_last=precision.uses_channels_last(cfg.train.channels_last,

@@ -1,7 +1,11 @@
-"""One training step of ALFO against torchreid's resnet50 and pcb_p6.
+"""One training step of ALFO against torchreid's resnet50 and pcb_p6, and of
+ALFO on the strong baseline against the strong baseline (resnet50_bnneck).
 
 A step is forward + loss + backward + SGD update (+ ALFO's vote tally), on
-random images of one size, on the current device (CUDA when present).
+random images of one size, on the current device (CUDA when present). The
+strong cases (``strong_*``) take the strong recipe's loss: label-smoothed
+softmax + hard triplet on the feature before the BNNeck + center loss, whose
+centers take their own SGD step, on batches of 4 images per identity.
 
 * Step time: all models live in one process and are timed in interleaved
   rounds (model A, B, C, ..., then again), so that drifts of the machine's
@@ -16,8 +20,10 @@ Prints a table of ratios and writes everything to JSON.
 Usage::
 
     python benchmarks/bench_train_step.py [--batch-size 32] [--repeats 5]
+    python benchmarks/bench_train_step.py --cases strong_baseline strong_alfo \
+        --out benchmarks/results/train_step_strong.json
 
-The stride-1 group (pcb_p6, alfo_s1*) runs at --height x --width (128x64);
+The stride-1 group (pcb_p6, alfo_s1*, strong_*) runs at --height x --width (128x64);
 the stride-2 group (resnet50, alfo_s2*) at --s2-height x --s2-width (256x128),
 since a 128-pixel input leaves last stride 2 only 4 rows, too few for 6 stripes.
 """
@@ -35,11 +41,13 @@ import torchreid
 
 import alfo_torchreid.models as alfo_models
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
+from alfo_torchreid.engine.center import CenterTerm
 from alfo_torchreid.losses import ALFOLoss
 
 NUM_IDS = 751  # Market-1501's training identities
 
 # name -> (torchreid model name or None for ALFO, ALFO keyword arguments, input group).
+# The strong cases' names start with STRONG.
 # Last stride 2 divides the input height by 32: 6 stripes need >= 6 rows, so the
 # stride-2 group runs at its own, taller input (--s2-height; 256 gives 8 rows).
 CASES = {
@@ -49,7 +57,12 @@ CASES = {
     'alfo_s1_no_local': (None, {'last_stride': 1, 'local_branch': False}, 's1'),
     'alfo_s2': (None, {'last_stride': 2}, 's2'),
     'alfo_s2_no_local': (None, {'last_stride': 2, 'local_branch': False}, 's2'),
+    'strong_baseline': ('resnet50_bnneck', {}, 's1'),
+    'strong_alfo': (None, {'last_stride': 1, 'neck': 'bnneck'}, 's1'),
 }
+STRONG = 'strong_'
+IMAGES_PER_ID = 4  # the strong recipe's RandomIdentitySampler
+CENTER_WEIGHT, CENTER_LR = 0.0005, 0.5  # BoT's
 
 # (what, numerator, denominator, target: ratio must be <= this)
 RATIOS = [
@@ -58,6 +71,7 @@ RATIOS = [
     ('step time', 'alfo_s1', 'pcb_p6', 1.00),
     ('step time', 'alfo_s2', 'resnet50', 1.10),
     ('peak memory', 'alfo_s1', 'pcb_p6', 1.00),
+    ('step time', 'strong_alfo', 'strong_baseline', 1.02),
 ]
 
 
@@ -71,8 +85,10 @@ def input_size(name, args):
 def build_model(name, device):
     """The model of case ``name`` on ``device``, randomly initialised."""
     torchreid_name, alfo_kwargs, _ = CASES[name]
+    loss = 'triplet' if name.startswith(STRONG) else 'softmax'
     if torchreid_name:
-        model = torchreid.models.build_model(torchreid_name, NUM_IDS, pretrained=False)
+        model = torchreid.models.build_model(torchreid_name, NUM_IDS, loss=loss,
+                                             pretrained=False)
     else:
         model = alfo_models.ALFO(NUM_IDS, MARKET_SCHEMA, **alfo_kwargs)
     return model.to(device)
@@ -89,6 +105,8 @@ def build_step(name, args, device):
     pids = torch.randint(NUM_IDS, (batch_size,), device=device)
     attrs = torch.stack([torch.randint(c, (batch_size,), device=device)
                          for c in MARKET_SCHEMA.num_classes], dim=1)
+    if name.startswith(STRONG):
+        return strong_step(model, optimizer, images, attrs, device)
     if torchreid_name:
         criterion = torchreid.losses.CrossEntropyLoss(NUM_IDS, use_gpu=use_gpu)
 
@@ -109,6 +127,37 @@ def build_step(name, args, device):
         optimizer.zero_grad()
         loss_of(model(images)).backward()
         optimizer.step()
+
+    return step
+
+
+def strong_step(model, optimizer, images, attrs, device):
+    """A step of the strong recipe: softmax + triplet + center loss, as the
+    engines take it (BaselineTripletEngine, ImageFocalVoteEngine)."""
+    use_gpu = device.type == 'cuda'
+    pids = torch.arange(len(images), device=device) // IMAGES_PER_ID
+    center = CenterTerm(NUM_IDS, model.feature_dim, CENTER_WEIGHT, CENTER_LR, use_gpu=use_gpu)
+    if isinstance(model, alfo_models.ALFO):
+        criterion = ALFOLoss(NUM_IDS, model.logit_widths, use_gpu=use_gpu, triplet_weight=1.0)
+
+        def loss_of(outputs):
+            result = criterion(outputs, pids, attrs)
+            model.record_votes(result.winners)
+            return result.total + center(outputs.features, pids)
+    else:
+        softmax = torchreid.losses.CrossEntropyLoss(NUM_IDS, use_gpu=use_gpu)
+        triplet = torchreid.losses.TripletLoss(margin=0.3)
+
+        def loss_of(outputs):
+            logits, features = outputs
+            return softmax(logits, pids) + triplet(features, pids) + center(features, pids)
+
+    def step():
+        optimizer.zero_grad()
+        center.optimizer.zero_grad()
+        loss_of(model(images)).backward()
+        optimizer.step()
+        center.optimizer.step()
 
     return step
 

@@ -73,6 +73,12 @@ BAD_VALUES = {
     'alfo.last_stride': ['3'],
     'alfo.attr_reduction': ['median'],
     'alfo.id_weight': ['-1.0'],
+    'alfo.neck': ['bn'],
+    'data.erase_probability': ['1.5'],
+    'train.warmup_epochs': ['-1'],
+    'train.warmup_factor': ['0.0', '1.5'],
+    'loss.center.weight': ['-1.0'],
+    'loss.center.lr': ['0.0'],
 }
 
 

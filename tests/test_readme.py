@@ -62,6 +62,11 @@ SKIPPED = [
     (r'model\.pretrained resnet50', NETWORK),
     (r'^torchrun ', 'needs several GPUs or machines; tests/engine/test_distributed.py runs '
                     'tools/main.py under two gloo processes'),
+    (r'tools/reproduce\.py.*--table strong', 'trains three runs per seed (the --quick form: '
+                                              'minutes on the CPU); tests/test_strong.py trains '
+                                              'the strong recipe on the toy set and '
+                                              'tests/test_reproduce.py checks the strong '
+                                              "table's runs and rows"),
     (r'tools/reproduce\.py(?!.*--quick)', 'trains six full runs per seed (hours on a GPU); '
                                           'tests/test_reproduce.py runs the same pipeline '
                                           'with --quick'),

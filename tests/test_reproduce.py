@@ -306,3 +306,26 @@ def test_paper_figures_are_the_papers():
         figures = [float(x) for x in line[len(name):].split()]
         row = paper.RESULTS[key]
         assert figures == [*row.market1501, *row.dukemtmcreid], key
+
+
+def test_strong_table_runs_the_strong_configs():
+    runs = reproduce.plan('dukemtmcreid', 'out', seeds=[2], table='strong')
+    assert [(r.row, Path(r.config_file).relative_to(REPO / 'configs').as_posix()) for r in runs] \
+        == [('strong_baseline', 'strong/resnet50_bnneck_duke.yaml'),
+            ('strong_alfo', 'strong/alfo_duke.yaml'),
+            ('strong_global_only', 'strong/alfo_duke.yaml')]
+    assert runs[2].opts[:2] == ('alfo.local_branch', 'False')
+    quick = reproduce.plan('market1501', 'out', quick=True, table='strong')
+    assert Path(quick[0].config_file).name == 'resnet50_bnneck_toy.yaml'
+
+
+def test_strong_table_sets_bot_beside_our_rows():
+    ours = {'rank1': 95.5, 'rank5': 98.0, 'mAP': 87.0, 'attr_mA': None}
+    rows = reproduce.table_rows({name: [ours] for name in reproduce.STRONG_ROWS}, 'market1501',
+                                'strong')
+    baseline, alfo, _ = rows
+    assert (baseline['paper_rank1'], baseline['paper_mAP']) == (94.5, 85.9)
+    assert baseline['delta_mAP'] == pytest.approx(87.0 - 85.9)
+    assert alfo['paper_mAP'] is None and alfo['delta_mAP'] is None
+    assert paper.STRONG_RESULTS['strong_baseline'].dukemtmcreid == (86.4, 76.4)
+    assert 'Luo et al.' in reproduce.markdown_cells(baseline, 'strong')['paper source']

@@ -107,12 +107,16 @@ class ResumableEngineMixin:
         description: what every checkpoint says the model is
             (:mod:`alfo_torchreid.utils.description`; ``tools/main.py`` gives
             its config's). None: :meth:`default_description` at :meth:`run`.
+        center: the run's :class:`alfo_torchreid.engine.center.CenterTerm`
+            (``loss.center.weight``), or None. Its centers and optimizer go into
+            ``latest.pth.tar``; the engines that train with it add it to their loss.
     """
 
     def __init__(self, *args, evaluator='alfo', snapshot_optimizer=False, precision=None,
-                 channels_last=False, description=None, **kwargs):
+                 channels_last=False, description=None, center=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.description = description
+        self.center = center
         self.evaluator = evaluator
         self.snapshot_optimizer = snapshot_optimizer
         self.precision = precision or MixedPrecision()
@@ -181,15 +185,17 @@ class ResumableEngineMixin:
     # -- training ---------------------------------------------------------
     def train(self, **kwargs):
         """One epoch of torchreid's loop, then the resume checkpoint and history
-        line. A sampler with ``set_epoch`` (torchrun's) is set to the epoch first."""
+        line (``lr``: the learning rate the epoch trained at, read before
+        torchreid's loop steps the scheduler). A sampler with ``set_epoch``
+        (torchrun's) is set to the epoch first."""
         self._epoch_sums = {}
         set_epoch = getattr(getattr(self.train_loader, 'sampler', None), 'set_epoch', None)
         if set_epoch is not None:
             set_epoch(self.epoch)
         start = time.time()
+        lr = self.get_current_lr()
         super().train(**kwargs)
-        record = {'epoch': self.epoch + 1, 'lr': self.get_current_lr(),
-                  'epoch_time': time.time() - start}
+        record = {'epoch': self.epoch + 1, 'lr': lr, 'epoch_time': time.time() - start}
         record.update({k: v / self.num_batches for k, v in self._epoch_sums.items()})
         self.save_model(self.epoch, rank1=None, save_dir=self.save_dir, latest=True,
                         history=record)
@@ -244,7 +250,7 @@ class ResumableEngineMixin:
         ``latest``, the per-epoch ``latest.pth.tar``) atomically, with
         torchreid's keys plus the model's signature and :attr:`description`;
         ``latest`` (and the snapshots with ``snapshot_optimizer``) also hold the optimizer,
-        scheduler, gradient scaler and RNG states (under torchrun, ``rng`` is
+        scheduler, gradient scaler, center loss and RNG states (under torchrun, ``rng`` is
         rank 0's and ``rng_ranks`` every process's) and ``history``, the
         epoch's line of ``history.jsonl`` (written after the checkpoint: a
         resumed run puts it back if a crash lost it). Non-finite weights are
@@ -275,6 +281,8 @@ class ResumableEngineMixin:
                 state['rng_ranks'] = rng
             if self.precision.scaler is not None:
                 state['grad_scaler'] = self.precision.state_dict()
+            if self.center is not None:
+                state['center_loss'] = self.center.state_dict()
         if history is not None:
             state['history'] = history
         checkpoints.save_training_state(state, fpath)
@@ -420,11 +428,41 @@ class BaselineEngine(ResumableEngineMixin, compat.ImageSoftmaxEngine):
 
 class BaselineTripletEngine(ResumableEngineMixin, compat.ImageTripletEngine):
     """torchreid's ``ImageTripletEngine`` (hard triplet + softmax) with
-    resumable, crash-safe runs (:class:`ResumableEngineMixin`)."""
+    resumable, crash-safe runs (:class:`ResumableEngineMixin`) and, with
+    ``center``, BoT's center loss on the triplet loss's feature (logged as
+    ``loss_c``, weighted)."""
+
+    def forward_backward(self, data):
+        """torchreid's step, plus the center term when there is one."""
+        if self.center is None:
+            return super().forward_backward(data)
+        imgs, pids = self.parse_data_for_train(data)
+        if self.use_gpu:
+            imgs, pids = imgs.cuda(), pids.cuda()
+        outputs, features = self.model(self._in_memory_format(imgs))
+        parts = {'loss_c': self.center(features, pids)}
+        if self.weight_t > 0:
+            parts['loss_t'] = self.compute_loss(self.criterion_t, features, pids)
+        if self.weight_x > 0:
+            parts['loss_x'] = self.compute_loss(self.criterion_x, outputs, pids)
+        self._check_finite(parts)
+        loss = parts['loss_c'] + self.weight_t * parts.get('loss_t', 0) + \
+            self.weight_x * parts.get('loss_x', 0)
+        self.optimizer.zero_grad()
+        self.center.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.center.optimizer.step()
+        summary = {k: v.item() for k, v in parts.items()}
+        if self.weight_x > 0:
+            summary['acc'] = torchreid.metrics.accuracy(outputs, pids)[0].item()
+        return self._accumulate(summary)
 
 
 class ImageFocalVoteEngine(BaselineEngine):
-    """ALFO's engine: identity loss + voted focal attribute loss (+ triplet loss).
+    """ALFO's engine: identity loss + voted focal attribute loss (+ triplet loss)
+    (+ center loss on the triplet loss's feature, with ``center``; logged as
+    ``loss_center``, weighted, and included in ``loss``).
 
     Args (beyond :class:`BaselineEngine`'s):
         vote_mode, focal, alpha, gamma, id_weight, attr_weight, attr_reduction,
@@ -446,11 +484,12 @@ class ImageFocalVoteEngine(BaselineEngine):
                  label_smooth=True, evaluator='alfo', snapshot_optimizer=False,
                  vote_mode='majority', focal=True, alpha=0.5, gamma=2.0, id_weight=1.0,
                  attr_weight=1.0, attr_reduction='sum', triplet_weight=0.0, margin=0.3,
-                 attr_rerank_weight=0.0, precision=None, channels_last=False, description=None):
+                 attr_rerank_weight=0.0, precision=None, channels_last=False, description=None,
+                 center=None):
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth, evaluator=evaluator,
                          snapshot_optimizer=snapshot_optimizer, precision=precision,
-                         channels_last=channels_last, description=description)
+                         channels_last=channels_last, description=description, center=center)
         if attr_rerank_weight and not self.network.local_branch:
             raise ConfigError('test.attr_rerank_weight needs attribute heads: this ALFO has '
                               'no local branch (alfo.local_branch False)')
@@ -492,11 +531,17 @@ class ImageFocalVoteEngine(BaselineEngine):
         out = self.criterion(outputs, pids, attrs)
         parts = {'loss': out.total, 'loss_id': out.id, 'loss_attr': out.attr,
                  'loss_triplet': out.triplet}
+        optimizers = [self.optimizer]
+        if self.center is not None:
+            parts['loss_center'] = self.center(outputs.features, pids)
+            parts['loss'] = out.total + parts['loss_center']
+            optimizers.append(self.center.optimizer)
         parts = {k: v for k, v in parts.items() if v is not None}
         self._check_finite(parts)
 
-        self.optimizer.zero_grad()
-        self.precision.backward_and_step(out.total, self.optimizer)
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        self.precision.backward_and_step(parts['loss'], *optimizers)
 
         summary = {k: v.item() for k, v in parts.items()}
         if out.id is not None:

@@ -42,15 +42,18 @@ class MixedPrecision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=_DTYPES[self.amp])
 
-    def backward_and_step(self, loss, optimizer):
-        """``loss.backward()`` and ``optimizer.step()``; with fp16 through the
-        gradient scaler, which skips the step when a gradient overflowed."""
+    def backward_and_step(self, loss, *optimizers):
+        """``loss.backward()`` and each optimizer's ``step()`` (the model's, then
+        e.g. the center loss's); with fp16 through the gradient scaler, which
+        skips the steps when a gradient overflowed."""
         if self.scaler is None:
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             return
         self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
         self.scaler.update()
 
     def state_dict(self):

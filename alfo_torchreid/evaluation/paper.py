@@ -7,8 +7,12 @@ paper reports it. torchreid's ResNet-50 softmax baseline is not in the paper:
 its row holds the figures of torchreid's model zoo, the reference for the
 ``resnet50`` run. ``tools/reproduce.py`` sets its results beside these rows;
 ``docs/reproduce.md`` shows them (:func:`markdown_table`).
+
+:data:`STRONG_RESULTS` are the rows of ``tools/reproduce.py --table strong``:
+the strong baseline's published figures (BoT, Luo et al. 2019) and ALFO on it,
+which nobody has published (its figures are None).
 """
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 DATASETS = ('market1501', 'dukemtmcreid')
 DATASET_TITLES = {'market1501': 'Market-1501', 'dukemtmcreid': 'DukeMTMC-reID'}
@@ -27,8 +31,8 @@ class PaperResult(NamedTuple):
     key: str
     method: str
     source: str
-    market1501: Tuple[float, float]
-    dukemtmcreid: Tuple[float, float]
+    market1501: Tuple[Optional[float], Optional[float]]
+    dukemtmcreid: Tuple[Optional[float], Optional[float]]
 
 
 RESULTS = {row.key: row for row in (
@@ -43,6 +47,19 @@ RESULTS = {row.key: row for row in (
     PaperResult('deepmar', 'DeepMar', 'Table 2', (88.75, 73.72), (82.6, 72.7)),
     PaperResult('resnet50', 'ResNet-50 softmax', "torchreid's model zoo (not in the paper)",
                 (87.9, 70.4), (78.3, 58.9)),
+)}
+
+
+BOT_SOURCE = ('Luo et al., "Bag of Tricks and A Strong Baseline for Deep Person '
+              'Re-identification", CVPRW 2019 (all tricks, no re-ranking)')
+UNPUBLISHED = (None, None)
+STRONG_RESULTS = {row.key: row for row in (
+    PaperResult('strong_baseline', 'strong baseline (BoT ResNet-50, BNNeck)', BOT_SOURCE,
+                (94.5, 85.9), (86.4, 76.4)),
+    PaperResult('strong_alfo', 'ALFO on the strong baseline', 'not published (this project)',
+                UNPUBLISHED, UNPUBLISHED),
+    PaperResult('strong_global_only', 'ALFO on the strong baseline, no local branch',
+                'not published (this project)', UNPUBLISHED, UNPUBLISHED),
 )}
 
 

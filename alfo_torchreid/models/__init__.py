@@ -1,6 +1,7 @@
 """ALFO's models and their registration into torchreid's model factory."""
 from alfo_torchreid.data.attributes import DUKE_SCHEMA, MARKET_SCHEMA
 from alfo_torchreid.models.alfo import ALFO, ALFOOutputs, StripeAttributeHeads
+from alfo_torchreid.models.neck import NECKS, BNNeck, ResNet50BNNeck
 from alfo_torchreid.models.stripes import StripeGeometry, overlapping_stripes, pool_stripes
 from alfo_torchreid.utils import compat
 
@@ -17,7 +18,13 @@ def alfo_duke(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwar
     return ALFO(num_classes, schema=DUKE_SCHEMA, loss=loss, pretrained=pretrained, **kwargs)
 
 
-MODELS = {'alfo': alfo_market, 'alfo_duke': alfo_duke}
+def resnet50_bnneck(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs):
+    """The strong baseline's ResNet-50 with a BNNeck (:class:`ResNet50BNNeck`,
+    last stride 1), in torchreid's factory signature; ``kwargs`` go to it."""
+    return ResNet50BNNeck(num_classes, loss=loss, pretrained=pretrained, **kwargs)
+
+
+MODELS = {'alfo': alfo_market, 'alfo_duke': alfo_duke, 'resnet50_bnneck': resnet50_bnneck}
 
 
 def model_name(schema):
@@ -33,6 +40,6 @@ def register():
     compat.model_factory().update(MODELS)
 
 
-__all__ = ['ALFO', 'ALFOOutputs', 'StripeAttributeHeads', 'StripeGeometry', 'MODELS',
-           'alfo_market', 'alfo_duke', 'model_name', 'overlapping_stripes', 'pool_stripes',
-           'register']
+__all__ = ['ALFO', 'ALFOOutputs', 'BNNeck', 'NECKS', 'ResNet50BNNeck', 'StripeAttributeHeads',
+           'StripeGeometry', 'MODELS', 'alfo_market', 'alfo_duke', 'model_name', 'resnet50_bnneck',
+           'overlapping_stripes', 'pool_stripes', 'register']

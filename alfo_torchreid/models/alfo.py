@@ -2,9 +2,11 @@
 
 torchreid's ResNet-50 backbone with two branches on its 2048-channel map:
 
-* global branch: global average pool -> FC -> identity logits. No BN neck or
-  reduction layer: the paper has none, and the branch is then exactly torchreid's
-  ``resnet50`` (softmax) baseline, so comparisons isolate the local branch.
+* global branch: global average pool -> FC -> identity logits. By default no BN
+  neck or reduction layer: the paper has none, and the branch is then exactly
+  torchreid's ``resnet50`` (softmax) baseline, so comparisons isolate the local
+  branch. ``neck='bnneck'`` puts the strong baseline's BNNeck (:mod:`.neck`)
+  between the pool and a bias-free classifier, as in ``resnet50_bnneck``.
 * local branch: ``num_parts`` overlapping horizontal stripes (:mod:`.stripes`),
   each average-pooled to a 2048-d vector and scored by its own linear classifier
   for every attribute. All ``P x m`` classifiers are one weight tensor applied
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
 from alfo_torchreid.losses import (attribute_logit_widths, logits_to_probabilities,
                                    split_attribute_logits)
+from alfo_torchreid.models.neck import after_neck, attach_neck
 from alfo_torchreid.models.stripes import overlapping_stripes, pool_stripes
 from alfo_torchreid.utils import compat, weights
 from alfo_torchreid.utils.errors import ConfigError
@@ -44,8 +47,9 @@ class ALFOOutputs(NamedTuple):
         the attributes' logit widths, schema order; split them per attribute with
         :func:`alfo_torchreid.losses.split_attribute_logits`); None without the
         local branch.
-    features: ``[B, D]`` the retrieval feature, as in eval mode (what a metric
-        loss such as the triplet loss trains).
+    features: ``[B, D]`` the retrieval feature as in eval mode, but read before
+        the neck (what a metric loss such as the triplet loss trains; without a
+        neck it is the eval-mode feature itself).
     """
     id_logits: Optional[torch.Tensor]
     attr_logits: Optional[torch.Tensor]
@@ -102,6 +106,10 @@ class ALFO(compat.ResNet):
         attr_pred: ``'voted'`` reads each attribute from the stripe that won
             most votes in training (the mean rule for attributes never voted
             on); ``'mean'`` averages the stripes' probabilities.
+        neck: ``'none'`` (the paper) or ``'bnneck'``: the global feature goes
+            through :class:`.neck.BNNeck` before a bias-free identity
+            classifier and before retrieval; the triplet loss reads it before
+            the neck (:func:`.neck.attach_neck`).
         global_branch, local_branch: the ablation switches of docs/method.md (Table 1).
             Without the global branch the model is trained by the attribute
             loss alone; without the local branch it has no attribute heads.
@@ -114,7 +122,7 @@ class ALFO(compat.ResNet):
     def __init__(self, num_classes, schema=MARKET_SCHEMA, loss='softmax', last_stride=1,
                  num_parts=6, stripe_height=None, stripe_stride=None,
                  feature=None, attr_pred='voted', global_branch=True, local_branch=True,
-                 pretrained=False):
+                 neck='none', pretrained=False):
         feature = feature or ('global' if global_branch else 'local')
         _check_choice('loss', loss, ('softmax', 'triplet'))
         _check_choice('last_stride', last_stride, (1, 2))
@@ -122,6 +130,9 @@ class ALFO(compat.ResNet):
         _check_choice('attr_pred', attr_pred, ATTR_PRED)
         if not (global_branch or local_branch):
             raise ConfigError('global_branch and local_branch are both off: nothing to train')
+        if neck != 'none' and not global_branch:
+            raise ConfigError(f'neck {neck!r} needs the global branch: the neck sits between '
+                              'the global pool and the identity classifier')
         if num_parts < 1:
             raise ConfigError(f'num_parts must be at least 1, got {num_parts}')
         super().__init__(num_classes, loss, compat.Bottleneck, [3, 4, 6, 3],
@@ -135,6 +146,7 @@ class ALFO(compat.ResNet):
         self.logit_widths = attribute_logit_widths(schema.num_classes)
         if not global_branch:
             self.classifier = None
+        attach_neck(self, neck, num_classes)
         self.attribute_heads = None
         if local_branch:
             self.attribute_heads = StripeAttributeHeads(
@@ -186,11 +198,12 @@ class ALFO(compat.ResNet):
         """``[B, 3, H, W]`` images -> :class:`ALFOOutputs` (train) or ``[B, D]`` (eval)."""
         fmap = self.featuremaps(x)
         if not self.training:
-            return self.retrieval_feature(*self.pool(fmap, stripes=self.feature != 'global'))
+            whole, stripes = self.pool(fmap, stripes=self.feature != 'global')
+            return self.retrieval_feature(after_neck(self, whole), stripes)
         whole, stripes = self.pool(fmap, stripes=self.local_branch or self.feature != 'global')
         id_logits = attr_logits = None
         if self.global_branch:
-            id_logits = self.classifier(whole)
+            id_logits = self.classifier(after_neck(self, whole))
         if self.local_branch:
             attr_logits = self.attribute_heads(stripes)
         return ALFOOutputs(id_logits, attr_logits, self.retrieval_feature(whole, stripes))
@@ -229,7 +242,7 @@ class ALFO(compat.ResNet):
         attribute probabilities as :meth:`attribute_probabilities`)."""
         self._require_local_branch()
         whole, stripes = self.pool(self.featuremaps(images))
-        return (self.retrieval_feature(whole, stripes),
+        return (self.retrieval_feature(after_neck(self, whole), stripes),
                 self.probabilities_from_logits(self.attribute_heads(stripes)))
 
     def probabilities_from_logits(self, attr_logits):

@@ -281,9 +281,10 @@ def set_rng_state(state):
 # -- resuming ---------------------------------------------------------------
 
 def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=None,
-                        trust=False, restore_rng=True, precision=None):
+                        trust=False, restore_rng=True, precision=None, center=None):
     """Resumes from ``fpath``: weights, optimizer, scheduler, gradient scaler
-    (into ``precision``, a :class:`alfo_torchreid.engine.precision.MixedPrecision`)
+    (into ``precision``, a :class:`alfo_torchreid.engine.precision.MixedPrecision`),
+    center loss (into ``center``, a :class:`alfo_torchreid.engine.center.CenterTerm`)
     and RNG states (:func:`restore_rng_states`).
 
     The checkpoint must fit ``num_classes`` and ``model.schema`` and have been
@@ -314,9 +315,11 @@ def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=Non
     if optimizer is not None and checkpoint.get('optimizer') is not None:
         _restore_optimizer(optimizer, checkpoint['optimizer'], fpath)
     if scheduler is not None and checkpoint.get('scheduler') is not None:
-        _restore_scheduler(scheduler, checkpoint['scheduler'], optimizer)
+        _restore_scheduler(scheduler, checkpoint['scheduler'], optimizer, fpath)
     if precision is not None:
         precision.load_state_dict(checkpoint.get('grad_scaler'))
+    if center is not None:
+        center.load_state_dict(checkpoint.get('center_loss'))
     if restore_rng and 'rng' in checkpoint:
         restore_rng_states(checkpoint)
     return int(checkpoint['epoch']), checkpoint
@@ -370,17 +373,42 @@ def _same(a, b):
     return (list(a) == list(b)) if isinstance(a, (list, tuple)) else a == b
 
 
-def _restore_scheduler(scheduler, saved, optimizer):
-    """Loads the schedule's progress from ``saved``; its settings come from the config."""
-    config = scheduler.state_dict()
+def _restore_scheduler(scheduler, saved, optimizer, fpath=''):
+    """Loads the schedule's progress from ``saved``; its settings come from the
+    config. A chained schedule (a warm-up, :mod:`alfo_torchreid.engine.schedule`)
+    is restored part by part.
+
+    Raises:
+        CheckpointError: the checkpoint's schedule has other parts (a warm-up
+            where the config has none, or the reverse).
+    """
+    base_lrs = None
+    if optimizer is not None:
+        base_lrs = [g.get('initial_lr', g['lr']) for g in optimizer.param_groups]
+    scheduler.load_state_dict(_merged_schedule(scheduler.state_dict(), saved, base_lrs, fpath))
+
+
+def _merged_schedule(config, saved, base_lrs, fpath):
+    """``saved``'s progress with ``config``'s settings (and ``base_lrs``, unless
+    None), in each part of a chained schedule."""
+    parts = [len(state.get('_schedulers', ())) for state in (saved, config)]
+    if parts[0] != parts[1]:
+        raise CheckpointError(
+            f'checkpoint "{fpath}" was saved by a schedule of {parts[0] or 1} part(s) and this '
+            f'run builds {parts[1] or 1}: train.warmup_epochs must be 0 in both or above 0 in '
+            f'both to resume it (to start a new run from its weights, use model.load_weights '
+            f'"{fpath}" with another data.save_dir)')
     merged = dict(saved)
     for key, value in config.items():
         if key in _SCHEDULER_PROGRESS:
             continue
-        if key in saved and not _same(saved[key], value):
+        if key == '_schedulers':
+            value = [_merged_schedule(c, s, base_lrs, fpath)
+                     for c, s in zip(value, saved['_schedulers'])]
+        elif key in saved and not _same(saved[key], value):
             print(f'Resume: the config sets the schedule\'s {key.lstrip("_")}={value} '
                   f'(the checkpoint had {saved[key]})')
         merged[key] = value
-    if optimizer is not None:
-        merged['base_lrs'] = [g.get('initial_lr', g['lr']) for g in optimizer.param_groups]
-    scheduler.load_state_dict(merged)
+    if base_lrs is not None and 'base_lrs' in config:
+        merged['base_lrs'] = base_lrs
+    return merged

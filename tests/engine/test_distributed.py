@@ -379,6 +379,11 @@ def test_the_alfo_loss_over_processes_is_the_global_batch_loss(reduction):
      "['RandomSampler', 'SequentialSampler', 'RandomIdentitySampler'] under torchrun"),
     (['train.sync_bn', 'True'],
      "train.sync_bn needs CUDA (use_gpu True): torch's SyncBatchNorm synchronises GPU batches"),
+    (['loss.name', 'triplet', 'sampler.train_sampler', 'RandomIdentitySampler',
+      'loss.center.weight', '0.0005'],
+     'loss.center.weight 0.0005 trains in one process only: the centers are not '
+     'synchronised across the 2 processes (WORLD_SIZE); set loss.center.weight 0 under '
+     'torchrun'),
 ])
 def test_what_processes_cannot_share_is_one_line_before_they_meet(opts, message, toy_root,
                                                                   tmp_path, capsys, monkeypatch):
