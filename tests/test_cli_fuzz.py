@@ -486,7 +486,8 @@ def query_cases(rng, count):
         content = rng.choice(CHECKPOINT_BYTES)
 
         def build(env, kind=kind, cut=cut, key=key, where=where, content=content):
-            index, extra = env.folder / 'index', ['--out', env.tmp / 'grid.png']
+            index, extra = env.folder / 'index', ['--out', env.tmp / 'searches']
+            photo = env.folder / 'query.jpg'
             if kind == 'no-index':
                 index = env.tmp
             elif kind in ('torn-index', 'missing-file'):
@@ -499,13 +500,17 @@ def query_cases(rng, count):
                     (index / json.loads(meta.read_text())['files'][key]).unlink()
             elif kind == 'where':
                 extra += ['--where', where]
-            elif kind == 'out-over-index':  # its JSON would be index.json
-                extra = ['--out', env.folder / 'index' / 'index.png']
-            elif kind == 'out-over-query':
-                extra = ['--out', env.folder / 'query.jpg']
+            elif kind == 'out-over-index':  # index.jpg's ranking would be index/index.json
+                photo = env.tmp / 'index.jpg'
+                shutil.copy(env.folder / 'query.jpg', photo)
+                extra = ['--out', env.folder / 'index']
+            elif kind == 'out-over-query':  # query.png's picture would be the photo itself
+                photo = env.tmp / 'query.png'
+                shutil.copy(env.folder / 'query.jpg', photo)
+                extra = ['--out', env.tmp]
             else:
                 extra += ['--weights', env.write('damaged.pth', content)]
-            return ['query', index, env.folder / 'query.jpg', *extra]
+            return ['query', index, photo, *extra]
         cases.append((f'{i}-query-{kind}', 'search', build))
     return cases
 

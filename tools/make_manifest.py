@@ -17,12 +17,12 @@ import sys
 
 from alfo_torchreid.data.attributes import load_attribute_file
 from alfo_torchreid.data.manifest import market_layout_rows, write_manifest
+from alfo_torchreid.utils.cli import HelpFormatter
 from alfo_torchreid.utils.errors import DatasetError, run_command
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('data_dir', help='folder holding bounding_box_train, query, '
                                          'bounding_box_test')
     parser.add_argument('--out', required=True, help='the manifest CSV to write')
@@ -31,11 +31,11 @@ def parse_args(argv=None):
                              'DukeMTMC-attribute: writes its labels as class names')
     parser.add_argument('--force', action='store_true',
                         help='replace --out if it exists (it may hold labels written by hand)')
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def make():
         if osp.exists(args.out) and not args.force:
