@@ -242,18 +242,26 @@ def measure_group(size, precision, settings, device):
     for name in MODELS:
         synchronize(device)
         before = torch.cuda.memory_allocated() if device.type == 'cuda' else 0
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
         engines[name] = bench_scale.build_engine(name, amp, channels_last, device)
         for _ in range(settings.warmup):
             step_rate(engines[name], batch, amp, SimpleNamespace(steps=1), device)
-        peaks[name] = (torch.cuda.max_memory_allocated() - before) / 2**20 \
-            if device.type == 'cuda' else None  # not measured on the CPU
+        peaks[name] = step_peak_mib(engines[name], batch, amp, before, device)
     rates = {name: [] for name in MODELS}
     for _ in range(settings.rounds):
         for name, engine in engines.items():
             rates[name].append(step_rate(engine, batch, amp, settings, device))
     return {name: (statistics.median(rates[name]), peaks[name]) for name in MODELS}
+
+
+def step_peak_mib(engine, batch, amp, before, device):
+    """Peak GPU memory (MiB) of one step after the warm-up (not cuDNN's trials of
+    algorithms), less ``before``: weights, gradients, Adam's state, activations,
+    the chosen algorithms' workspaces. None on the CPU (not measured)."""
+    if device.type != 'cuda':
+        return None
+    torch.cuda.reset_peak_memory_stats()
+    step_rate(engine, batch, amp, SimpleNamespace(steps=1), device)
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def throughput(settings, device, out):
@@ -301,7 +309,8 @@ def throughput_tables(measured, settings):
     return '\n\n'.join([
         f'batch {settings.batch}; median of {settings.rounds} rounds of {settings.steps} '
         f'steps after {settings.warmup} warm-up steps; peak = max_memory_allocated '
-        'during the warm-up minus what was allocated before the model was built',
+        'during one step after the warm-up, less what was allocated before the model was '
+        'built',
         table(['input', 'precision', 'model', 'images/s', 'peak MiB'], rows),
         table(['input', 'precision', 'step ALFO / pcb_p6', '<= 1.02', 'memory ALFO / pcb_p6',
                '<= 1.01'], ratios),
@@ -560,6 +569,11 @@ def main(argv=None):
     parser.add_argument('--sections', nargs='+', choices=list(SECTIONS), default=list(SECTIONS))
     args = parser.parse_args(argv)
     device = torch.device('cpu' if args.dry_run or not torch.cuda.is_available() else 'cuda')
+    if args.dry_run:
+        # one thread per process, subprocesses too: on a shared, busy CPU, OpenMP's
+        # threads wait for each other at every layer (a step 40x slower, measured)
+        torch.set_num_threads(1)
+        os.environ['OMP_NUM_THREADS'] = '1'
     os.makedirs(args.out, exist_ok=True)
     with open(Path(args.out) / 'gpu_check.log', 'a') as log, \
             contextlib.redirect_stdout(Tee(sys.__stdout__, log)), \
