@@ -73,8 +73,8 @@ FULL = SimpleNamespace(
     warmup=3, rounds=3, steps=5,
     eval_counts=MARKET_TEST, eval_batch=100, train_tree=MARKET_TRAIN, workers=[4, 8, 16],
     loader_batches=50, toy=dict(), toy_epochs=2, toy_opts=[],
-    limits={'environment': 30, 'cuda tests': 170, 'throughput': 75, 'evaluation': 40,
-            'loader': 45, 'toy training': 50})
+    limits={'environment': 30, 'cuda-tests': 170, 'throughput': 75, 'evaluation': 40,
+            'loader': 45, 'toy-training': 50})
 # The dry run's limits only catch a hang: a shared CPU may be many times slower. Its
 # batch is 4: resnet50's bf16 step on 2 images of 96x32 (a 3x1 map) gave NaN 1 time in 8.
 DRY = SimpleNamespace(
@@ -87,7 +87,7 @@ DRY = SimpleNamespace(
     toy_epochs=1, toy_opts=['train.batch_size', '16', 'test.batch_size', '64',
                             'data.height', '96', 'data.width', '32'],
     limits={'environment': 60, 'throughput': 600, 'evaluation': 600, 'loader': 600,
-            'toy training': 600, 'cuda tests': 600})
+            'toy-training': 600, 'cuda-tests': 600})
 
 
 class SectionTimeout(Exception):
@@ -222,7 +222,7 @@ def nvidia_smi():
         return f'unavailable ({exc})'
 
 
-# -- 2. throughput ------------------------------------------------------------
+# -- 3. throughput ---------------------------------------------------------
 
 def step_rate(engine, batch, amp, settings, device):
     """Images/s of ``settings.steps`` engine steps (the baselines' forward under autocast)."""
@@ -268,7 +268,7 @@ def step_peak_mib(engine, batch, amp, before, device):
 def throughput(settings, device, out):
     torch.backends.cudnn.benchmark = True  # as tools/main.py on a GPU (run.seed_everything)
     torch.manual_seed(0)
-    measured = {}
+    measured = settings.measured_steps = {}  # the loader section compares against it
     for size in settings.sizes:
         for precision in settings.precisions:
             say(f'throughput {size[0]}x{size[1]} {precision[0]}')
@@ -276,7 +276,6 @@ def throughput(settings, device, out):
             settings.partial = throughput_tables(measured, settings)
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
-    settings.measured_steps = measured  # the loader section compares against it
     return throughput_tables(measured, settings)
 
 
@@ -319,7 +318,7 @@ def throughput_tables(measured, settings):
         table(['input', 'ALFO bf16+CL / fp32 images/s', '>= 2'], speedups)])
 
 
-# -- 3. evaluation at Market scale --------------------------------------------
+# -- 4. evaluation at Market scale -----------------------------------------
 
 class PoolImages(torch.utils.data.Dataset):
     """``count`` evaluation samples cycling through a pool of 64 random images
@@ -382,7 +381,7 @@ def ranking_rows(qf, gf, device):
     return rows
 
 
-# -- 4. the data loader -------------------------------------------------------
+# -- 5. the data loader ----------------------------------------------------
 
 def write_images(job):
     """Writes the training images of the identities ``job = (folder, pids, seed, per_id)``."""
@@ -458,7 +457,7 @@ def loader(settings, device, out):
                                                         for n in gpu], rows))
 
 
-# -- 5. toy training --------------------------------------------------------------
+# -- 6. toy training ---------------------------------------------------------
 
 def toy_training(settings, device, out):
     with tempfile.TemporaryDirectory(prefix='gpu-check-toy-') as root:
@@ -495,7 +494,7 @@ def checked_toy_run(folder, epochs):
             f'snapshot model.pth.tar-{epochs}, {len(history)} history lines')
 
 
-# -- 6. the CUDA tests ----------------------------------------------------------------
+# -- 2. the CUDA tests (run second, after the environment) ------------------
 
 def cuda_tests(settings, device, out):
     junit = Path(out) / 'cuda_tests.xml'
@@ -526,8 +525,8 @@ def junit_summary(path):
     return '\n'.join(lines)
 
 
-SECTIONS = {'environment': environment, 'cuda tests': cuda_tests, 'throughput': throughput,
-            'evaluation': evaluation, 'loader': loader, 'toy training': toy_training}
+SECTIONS = {'environment': environment, 'cuda-tests': cuda_tests, 'throughput': throughput,
+            'evaluation': evaluation, 'loader': loader, 'toy-training': toy_training}
 
 
 def run_sections(names, settings, device, out, budget_s):
