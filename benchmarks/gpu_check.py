@@ -498,12 +498,13 @@ def checked_toy_run(folder, epochs):
 
 def cuda_tests(settings, device, out):
     junit = Path(out) / 'cuda_tests.xml'
-    status, tail = run_logged([sys.executable, '-m', 'pytest', '-m', 'cuda', '-rs', '-q',
-                               '-p', 'no:cacheprovider', f'--junitxml={junit}',
-                               'tests/test_cuda.py'], None)
+    # -v: a test per line, so a run cut short shows how far it got
+    status, tail = run_logged([sys.executable, '-m', 'pytest', '-m', 'cuda', '-v', '-rs',
+                               '--tb=short', '--durations=10', '-p', 'no:cacheprovider',
+                               f'--junitxml={junit}', 'tests/test_cuda.py'], None)
     if status is None:
         raise SectionTimeout(f'pytest killed at its time limit; output:\n{tail}')
-    body = junit_summary(junit)
+    body = junit_summary(junit) if junit.is_file() else f'no junit report; output:\n{tail}'
     if status not in (0, 5):  # 5: nothing collected
         raise RuntimeError(f'pytest exited with {status}\n\n{body}')
     return body
