@@ -34,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -55,9 +56,10 @@ import bench_eval
 import bench_scale
 from alfo_torchreid import config
 from alfo_torchreid.data.toy import make_cameras, make_toy_dataset, render_image, sample_look
-from alfo_torchreid.engine.engine import ImageFocalVoteEngine
+from alfo_torchreid.engine.engine import ImageFocalVoteEngine, unwrap
 from alfo_torchreid.engine.precision import MixedPrecision
 from alfo_torchreid.evaluation.metrics import evaluate_rank
+from alfo_torchreid.utils.errors import TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET_TRAIN = (751, 12936)  # Market-1501's training identities and images
@@ -224,13 +226,37 @@ def nvidia_smi():
 
 # -- 3. throughput ---------------------------------------------------------
 
-def step_rate(engine, batch, amp, settings, device):
-    """Images/s of ``settings.steps`` engine steps (the baselines' forward under autocast)."""
-    autocast = MixedPrecision(amp, device.type == 'cuda').autocast() \
-        if not isinstance(engine, ImageFocalVoteEngine) else contextlib.nullcontext()
-    with autocast:
-        seconds = bench_scale.timed_steps(engine, batch, settings.steps, device)
-    return len(batch['img']) * settings.steps / seconds
+class Autocast(torch.nn.Module):
+    """``module`` with its forward pass under ``precision``'s autocast, as ALFO's
+    engine runs its model: how the baselines (whose engines train in fp32) are
+    timed in bf16. Backward and the optimizer's step stay outside, as in ALFO's."""
+
+    def __init__(self, module, precision):
+        super().__init__()
+        self.module, self.precision = module, precision
+
+    def forward(self, *args):
+        with self.precision.autocast():
+            return self.module(*args)
+
+
+def build_engine(name, amp, channels_last, device):
+    """bench_scale's engine of model ``name``; a baseline's model under autocast."""
+    engine = bench_scale.build_engine(name, amp, channels_last, device)
+    if not isinstance(engine, ImageFocalVoteEngine):
+        engine.model = Autocast(engine.model, MixedPrecision(amp, device.type == 'cuda'))
+    return engine
+
+
+def step_rate(engine, batch, steps, device):
+    """Images/s of ``steps`` engine steps; NaN when a step's loss was not finite
+    (the engine refuses it; the table shows nan and the log the message)."""
+    try:
+        seconds = bench_scale.timed_steps(engine, batch, steps, device)
+    except TrainingError as exc:
+        say(f'{type(unwrap(engine.model)).__name__}: {exc}')
+        return float('nan')
+    return len(batch['img']) * steps / seconds
 
 
 def measure_group(size, precision, settings, device):
@@ -243,25 +269,24 @@ def measure_group(size, precision, settings, device):
     for name in MODELS:
         synchronize(device)
         before = torch.cuda.memory_allocated() if device.type == 'cuda' else 0
-        engines[name] = bench_scale.build_engine(name, amp, channels_last, device)
-        for _ in range(settings.warmup):
-            step_rate(engines[name], batch, amp, SimpleNamespace(steps=1), device)
-        peaks[name] = step_peak_mib(engines[name], batch, amp, before, device)
+        engines[name] = build_engine(name, amp, channels_last, device)
+        step_rate(engines[name], batch, settings.warmup, device)
+        peaks[name] = step_peak_mib(engines[name], batch, before, device)
     rates = {name: [] for name in MODELS}
     for _ in range(settings.rounds):
         for name, engine in engines.items():
-            rates[name].append(step_rate(engine, batch, amp, settings, device))
+            rates[name].append(step_rate(engine, batch, settings.steps, device))
     return {name: (statistics.median(rates[name]), peaks[name]) for name in MODELS}
 
 
-def step_peak_mib(engine, batch, amp, before, device):
+def step_peak_mib(engine, batch, before, device):
     """Peak GPU memory (MiB) of one step after the warm-up (not cuDNN's trials of
     algorithms), less ``before``: weights, gradients, Adam's state, activations,
     the chosen algorithms' workspaces. None on the CPU (not measured)."""
     if device.type != 'cuda':
         return None
     torch.cuda.reset_peak_memory_stats()
-    step_rate(engine, batch, amp, SimpleNamespace(steps=1), device)
+    step_rate(engine, batch, 1, device)
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
@@ -311,7 +336,7 @@ def throughput_tables(measured, settings):
         f'batch {settings.batch}; median of {settings.rounds} rounds of {settings.steps} '
         f'steps after {settings.warmup} warm-up steps; peak = max_memory_allocated '
         'during one step after the warm-up, less what was allocated before the model was '
-        'built',
+        'built; nan: a step\'s loss was not finite (see the log)',
         table(['input', 'precision', 'model', 'images/s', 'peak MiB'], rows),
         table(['input', 'precision', 'step ALFO / pcb_p6', '<= 1.02', 'memory ALFO / pcb_p6',
                '<= 1.01'], ratios),
@@ -460,9 +485,11 @@ def loader(settings, device, out):
 # -- 6. toy training ---------------------------------------------------------
 
 def toy_training(settings, device, out):
+    """The toy run in a temporary folder (its checkpoints take hundreds of MB);
+    its metrics, history and log are copied to ``out/toy_run``."""
     with tempfile.TemporaryDirectory(prefix='gpu-check-toy-') as root:
         make_toy_dataset(root, 'market1501', **settings.toy)
-        folder = Path(out) / 'toy_run'
+        folder = Path(root) / 'run'
         common = [sys.executable, 'tools/main.py', '--config-file', 'configs/alfo_toy.yaml',
                   '--root', root, 'data.save_dir', str(folder),
                   'use_gpu', str(device.type == 'cuda'), *settings.toy_opts]
@@ -476,6 +503,10 @@ def toy_training(settings, device, out):
             if status != 0:
                 raise RuntimeError(f'tools/main.py exited with {status}:\n{tail}')
         results = checked_toy_run(folder, epochs + 1)
+        kept = Path(out) / 'toy_run'
+        kept.mkdir(exist_ok=True)
+        for name in ('metrics.json', 'history.jsonl', 'train.log', 'config.yaml'):
+            shutil.copy(folder / name, kept / name)
     return table(['run', 'exit status', 'seconds'], rows) + '\n\n' + results
 
 
