@@ -34,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -55,9 +56,10 @@ import bench_eval
 import bench_scale
 from alfo_torchreid import config
 from alfo_torchreid.data.toy import make_cameras, make_toy_dataset, render_image, sample_look
-from alfo_torchreid.engine.engine import ImageFocalVoteEngine
+from alfo_torchreid.engine.engine import ImageFocalVoteEngine, unwrap
 from alfo_torchreid.engine.precision import MixedPrecision
 from alfo_torchreid.evaluation.metrics import evaluate_rank
+from alfo_torchreid.utils.errors import TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET_TRAIN = (751, 12936)  # Market-1501's training identities and images
@@ -73,11 +75,12 @@ FULL = SimpleNamespace(
     warmup=3, rounds=3, steps=5,
     eval_counts=MARKET_TEST, eval_batch=100, train_tree=MARKET_TRAIN, workers=[4, 8, 16],
     loader_batches=50, toy=dict(), toy_epochs=2, toy_opts=[],
-    limits={'environment': 30, 'cuda tests': 170, 'throughput': 75, 'evaluation': 40,
-            'loader': 45, 'toy training': 50})
-# The dry run's limits only catch a hang: a shared CPU may be many times slower.
+    limits={'environment': 30, 'cuda-tests': 170, 'throughput': 75, 'evaluation': 40,
+            'loader': 45, 'toy-training': 50})
+# The dry run's limits only catch a hang: a shared CPU may be many times slower. Its
+# batch is 4: resnet50's bf16 step on 2 images of 96x32 (a 3x1 map) gave NaN 1 time in 8.
 DRY = SimpleNamespace(
-    mode='dry run (CPU, tiny sizes)', budget_s=3600, batch=2, sizes=[(96, 32)],
+    mode='dry run (CPU, tiny sizes)', budget_s=3600, batch=4, sizes=[(96, 32)],
     precisions=[PRECISIONS[0], PRECISIONS[2]], warmup=1, rounds=1, steps=1, eval_counts=(8, 24),
     eval_batch=25, train_tree=(8, 64), workers=[1, 2],
     loader_batches=3,
@@ -86,7 +89,7 @@ DRY = SimpleNamespace(
     toy_epochs=1, toy_opts=['train.batch_size', '16', 'test.batch_size', '64',
                             'data.height', '96', 'data.width', '32'],
     limits={'environment': 60, 'throughput': 600, 'evaluation': 600, 'loader': 600,
-            'toy training': 600, 'cuda tests': 600})
+            'toy-training': 600, 'cuda-tests': 600})
 
 
 class SectionTimeout(Exception):
@@ -221,15 +224,39 @@ def nvidia_smi():
         return f'unavailable ({exc})'
 
 
-# -- 2. throughput ------------------------------------------------------------
+# -- 3. throughput ---------------------------------------------------------
 
-def step_rate(engine, batch, amp, settings, device):
-    """Images/s of ``settings.steps`` engine steps (the baselines' forward under autocast)."""
-    autocast = MixedPrecision(amp, device.type == 'cuda').autocast() \
-        if not isinstance(engine, ImageFocalVoteEngine) else contextlib.nullcontext()
-    with autocast:
-        seconds = bench_scale.timed_steps(engine, batch, settings.steps, device)
-    return len(batch['img']) * settings.steps / seconds
+class Autocast(torch.nn.Module):
+    """``module`` with its forward pass under ``precision``'s autocast, as ALFO's
+    engine runs its model: how the baselines (whose engines train in fp32) are
+    timed in bf16. Backward and the optimizer's step stay outside, as in ALFO's."""
+
+    def __init__(self, module, precision):
+        super().__init__()
+        self.module, self.precision = module, precision
+
+    def forward(self, *args):
+        with self.precision.autocast():
+            return self.module(*args)
+
+
+def build_engine(name, amp, channels_last, device):
+    """bench_scale's engine of model ``name``; a baseline's model under autocast."""
+    engine = bench_scale.build_engine(name, amp, channels_last, device)
+    if not isinstance(engine, ImageFocalVoteEngine):
+        engine.model = Autocast(engine.model, MixedPrecision(amp, device.type == 'cuda'))
+    return engine
+
+
+def step_rate(engine, batch, steps, device):
+    """Images/s of ``steps`` engine steps; NaN when a step's loss was not finite
+    (the engine refuses it; the table shows nan and the log the message)."""
+    try:
+        seconds = bench_scale.timed_steps(engine, batch, steps, device)
+    except TrainingError as exc:
+        say(f'{type(unwrap(engine.model)).__name__}: {exc}')
+        return float('nan')
+    return len(batch['img']) * steps / seconds
 
 
 def measure_group(size, precision, settings, device):
@@ -242,23 +269,31 @@ def measure_group(size, precision, settings, device):
     for name in MODELS:
         synchronize(device)
         before = torch.cuda.memory_allocated() if device.type == 'cuda' else 0
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
-        engines[name] = bench_scale.build_engine(name, amp, channels_last, device)
-        for _ in range(settings.warmup):
-            step_rate(engines[name], batch, amp, SimpleNamespace(steps=1), device)
-        peaks[name] = (torch.cuda.max_memory_allocated() - before) / 2**20 \
-            if device.type == 'cuda' else None  # not measured on the CPU
+        engines[name] = build_engine(name, amp, channels_last, device)
+        step_rate(engines[name], batch, settings.warmup, device)
+        peaks[name] = step_peak_mib(engines[name], batch, before, device)
     rates = {name: [] for name in MODELS}
     for _ in range(settings.rounds):
         for name, engine in engines.items():
-            rates[name].append(step_rate(engine, batch, amp, settings, device))
+            rates[name].append(step_rate(engine, batch, settings.steps, device))
     return {name: (statistics.median(rates[name]), peaks[name]) for name in MODELS}
+
+
+def step_peak_mib(engine, batch, before, device):
+    """Peak GPU memory (MiB) of one step after the warm-up (not cuDNN's trials of
+    algorithms), less ``before``: weights, gradients, Adam's state, activations,
+    the chosen algorithms' workspaces. None on the CPU (not measured)."""
+    if device.type != 'cuda':
+        return None
+    torch.cuda.reset_peak_memory_stats()
+    step_rate(engine, batch, 1, device)
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def throughput(settings, device, out):
     torch.backends.cudnn.benchmark = True  # as tools/main.py on a GPU (run.seed_everything)
-    measured = {}
+    torch.manual_seed(0)
+    measured = settings.measured_steps = {}  # the loader section compares against it
     for size in settings.sizes:
         for precision in settings.precisions:
             say(f'throughput {size[0]}x{size[1]} {precision[0]}')
@@ -266,7 +301,6 @@ def throughput(settings, device, out):
             settings.partial = throughput_tables(measured, settings)
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
-    settings.measured_steps = measured  # the loader section compares against it
     return throughput_tables(measured, settings)
 
 
@@ -301,14 +335,15 @@ def throughput_tables(measured, settings):
     return '\n\n'.join([
         f'batch {settings.batch}; median of {settings.rounds} rounds of {settings.steps} '
         f'steps after {settings.warmup} warm-up steps; peak = max_memory_allocated '
-        'during the warm-up minus what was allocated before the model was built',
+        'during one step after the warm-up, less what was allocated before the model was '
+        'built; nan: a step\'s loss was not finite (see the log)',
         table(['input', 'precision', 'model', 'images/s', 'peak MiB'], rows),
         table(['input', 'precision', 'step ALFO / pcb_p6', '<= 1.02', 'memory ALFO / pcb_p6',
                '<= 1.01'], ratios),
         table(['input', 'ALFO bf16+CL / fp32 images/s', '>= 2'], speedups)])
 
 
-# -- 3. evaluation at Market scale --------------------------------------------
+# -- 4. evaluation at Market scale -----------------------------------------
 
 class PoolImages(torch.utils.data.Dataset):
     """``count`` evaluation samples cycling through a pool of 64 random images
@@ -371,7 +406,7 @@ def ranking_rows(qf, gf, device):
     return rows
 
 
-# -- 4. the data loader -------------------------------------------------------
+# -- 5. the data loader ----------------------------------------------------
 
 def write_images(job):
     """Writes the training images of the identities ``job = (folder, pids, seed, per_id)``."""
@@ -447,12 +482,14 @@ def loader(settings, device, out):
                                                         for n in gpu], rows))
 
 
-# -- 5. toy training --------------------------------------------------------------
+# -- 6. toy training ---------------------------------------------------------
 
 def toy_training(settings, device, out):
+    """The toy run in a temporary folder (its checkpoints take hundreds of MB);
+    its metrics, history and log are copied to ``out/toy_run``."""
     with tempfile.TemporaryDirectory(prefix='gpu-check-toy-') as root:
         make_toy_dataset(root, 'market1501', **settings.toy)
-        folder = Path(out) / 'toy_run'
+        folder = Path(root) / 'run'
         common = [sys.executable, 'tools/main.py', '--config-file', 'configs/alfo_toy.yaml',
                   '--root', root, 'data.save_dir', str(folder),
                   'use_gpu', str(device.type == 'cuda'), *settings.toy_opts]
@@ -466,6 +503,10 @@ def toy_training(settings, device, out):
             if status != 0:
                 raise RuntimeError(f'tools/main.py exited with {status}:\n{tail}')
         results = checked_toy_run(folder, epochs + 1)
+        kept = Path(out) / 'toy_run'
+        kept.mkdir(exist_ok=True)
+        for name in ('metrics.json', 'history.jsonl', 'train.log', 'config.yaml'):
+            shutil.copy(folder / name, kept / name)
     return table(['run', 'exit status', 'seconds'], rows) + '\n\n' + results
 
 
@@ -484,16 +525,17 @@ def checked_toy_run(folder, epochs):
             f'snapshot model.pth.tar-{epochs}, {len(history)} history lines')
 
 
-# -- 6. the CUDA tests ----------------------------------------------------------------
+# -- 2. the CUDA tests (run second, after the environment) ------------------
 
 def cuda_tests(settings, device, out):
     junit = Path(out) / 'cuda_tests.xml'
-    status, tail = run_logged([sys.executable, '-m', 'pytest', '-m', 'cuda', '-rs', '-q',
-                               '-p', 'no:cacheprovider', f'--junitxml={junit}',
-                               'tests/engine/test_cuda.py'], None)
+    # -v: a test per line, so a run cut short shows how far it got
+    status, tail = run_logged([sys.executable, '-m', 'pytest', '-m', 'cuda', '-v', '-rs',
+                               '--tb=short', '--durations=10', '-p', 'no:cacheprovider',
+                               f'--junitxml={junit}', 'tests/engine/test_cuda.py'], None)
     if status is None:
         raise SectionTimeout(f'pytest killed at its time limit; output:\n{tail}')
-    body = junit_summary(junit)
+    body = junit_summary(junit) if junit.is_file() else f'no junit report; output:\n{tail}'
     if status not in (0, 5):  # 5: nothing collected
         raise RuntimeError(f'pytest exited with {status}\n\n{body}')
     return body
@@ -515,8 +557,8 @@ def junit_summary(path):
     return '\n'.join(lines)
 
 
-SECTIONS = {'environment': environment, 'cuda tests': cuda_tests, 'throughput': throughput,
-            'evaluation': evaluation, 'loader': loader, 'toy training': toy_training}
+SECTIONS = {'environment': environment, 'cuda-tests': cuda_tests, 'throughput': throughput,
+            'evaluation': evaluation, 'loader': loader, 'toy-training': toy_training}
 
 
 def run_sections(names, settings, device, out, budget_s):
@@ -560,6 +602,11 @@ def main(argv=None):
     parser.add_argument('--sections', nargs='+', choices=list(SECTIONS), default=list(SECTIONS))
     args = parser.parse_args(argv)
     device = torch.device('cpu' if args.dry_run or not torch.cuda.is_available() else 'cuda')
+    if args.dry_run:
+        # one thread per process, subprocesses too: on a shared, busy CPU, OpenMP's
+        # threads wait for each other at every layer (a step 40x slower, measured)
+        torch.set_num_threads(1)
+        os.environ['OMP_NUM_THREADS'] = '1'
     os.makedirs(args.out, exist_ok=True)
     with open(Path(args.out) / 'gpu_check.log', 'a') as log, \
             contextlib.redirect_stdout(Tee(sys.__stdout__, log)), \

@@ -6,7 +6,7 @@ import sys
 import pytest
 from alfo_run import REPO
 
-SECTIONS = ('environment', 'cuda tests', 'throughput', 'evaluation', 'loader', 'toy training')
+SECTIONS = ('environment', 'cuda-tests', 'throughput', 'evaluation', 'loader', 'toy-training')
 
 
 @pytest.fixture
@@ -29,7 +29,11 @@ def test_the_dry_run_passes_every_section_and_writes_the_report(tmp_path):
     for model in ('resnet50', 'pcb_p6', 'alfo'):
         assert f'| 96x32 | bf16+CL | {model} |' in report
     assert 'final test after epoch 2' in report  # trained to epoch 1, resumed to 2
-    assert 'section "toy training": ok' in (tmp_path / 'gpu_check.log').read_text()
+    assert 'section "toy-training": ok' in (tmp_path / 'gpu_check.log').read_text()
+    # what comes back from a lent machine: reports, no checkpoints
+    assert sorted(p.name for p in (tmp_path / 'toy_run').iterdir()) == [
+        'config.yaml', 'history.jsonl', 'metrics.json', 'train.log']
+    assert not list(tmp_path.glob('**/*.pth.tar*'))
 
 
 def test_a_failing_section_is_recorded_and_the_next_one_runs(gpu_check, tmp_path, monkeypatch):

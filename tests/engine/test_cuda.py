@@ -42,13 +42,14 @@ LR = 0.1  # SGD without momentum: a step's update is -LR x the gradient
 LOSS_TOLERANCE = {'off': 1e-4, 'bf16': 1e-2, 'fp16': 1e-2}
 # The update (SGD: -LR x the gradient) is far less stable: the gradient passes
 # 53 BatchNorm backward passes, each a difference of near-equal sums. Measured on
-# the CPU, fp32 contiguous against channels-last (the order of sums only):
-# ||delta_a - delta_b|| / ||delta_b|| = 1.7 % (ALFO), 2.2 % (pcb_p6); bf16 and fp16
-# against fp32: 68-127 %, an update no more reproducible than its direction's
-# noise. So fp32 updates must agree within 10 %, and a half-precision update must
-# have the fp32 update's size within a factor of 2 (an unscaled fp16 gradient
-# would be 256x, a skipped step 0).
-FP32_UPDATE_TOLERANCE = 0.1
+# the CPU, fp32 channels-last against contiguous (the order of sums only):
+# ||delta_a - delta_b|| / ||delta_b|| = 1.7-4.0 % (ALFO), 2.2-2.5 % (pcb_p6); bf16
+# and fp16 against fp32: 69-124 %, with an update 1.07-1.14 x the fp32 one in size.
+# So fp32 updates must agree within 25 % (a lost loss term or a step on stale
+# weights is 100 % off), and a half-precision update must have the fp32 update's
+# size within a factor of 2 (an unscaled fp16 gradient would be 256 x, a skipped
+# step 0).
+FP32_UPDATE_TOLERANCE = 0.25
 HALF_UPDATE_SIZE = (0.5, 2.0)
 
 
