@@ -325,13 +325,13 @@ def test_search_on_cuda_equals_the_cpu(alfo_weights, toy_root, tmp_path):
     query = sorted(market_split(toy_root, 'bounding_box_test').glob('*.jpg'))[0]
 
     def search(device):
-        index, out = tmp_path / f'index-{device}', tmp_path / f'{device}.png'
+        index, out = tmp_path / f'index-{device}', tmp_path / device
         tool = load_tool('search')
         assert tool.main(['index', str(market_split(toy_root, 'query')), '--weights',
                           str(alfo_weights), '--out', str(index), '--backend', 'torch']) == 0
         assert tool.main(['query', str(index), str(query), '--top', '10',
                           '--out', str(out)]) == 0
-        return json.loads(out.with_suffix('.json').read_text())['hits']
+        return json.loads((out / f'{query.stem}.json').read_text())['hits']
 
     found = on_each_device(search)
     assert [h['path'] for h in found['cuda']] == [h['path'] for h in found['cpu']]
