@@ -39,7 +39,8 @@ from alfo_torchreid.engine.engine import (BaselineEngine, BaselineTripletEngine,
                                           ImageFocalVoteEngine, unwrap)
 from alfo_torchreid.utils import checkpoints, distributed, weights
 from alfo_torchreid.utils.atomic import write_file
-from alfo_torchreid.utils.errors import DatasetError, RunFolderError
+from alfo_torchreid.utils.errors import (CheckpointError, ConfigError, DatasetError,
+                                         RunFolderError)
 from alfo_torchreid.utils.run_folder import RunFolder, read_history, restore_history
 
 METRICS = 'metrics.json'
@@ -67,18 +68,20 @@ def main(config_file='', opts=()):
     if cfg.test.evaluate:
         cfg.defrost()
         cfg.data.save_dir = evaluation_folder(cfg)
-    with distributed.process_group(cfg.use_gpu), owned_folder(cfg.data.save_dir), \
+    with distributed.process_group(cfg.use_gpu), owned_folder(cfg.data.save_dir) as folder, \
             printed_log() as log:
-        return _run(cfg, log)
+        return _run(cfg, log, folder)
 
 
 @contextlib.contextmanager
 def owned_folder(path):
-    """The run folder's lock (:class:`RunFolder`) for the ``with`` block,
-    taken by the main process; under torchrun the others wait until it holds it."""
-    with RunFolder(path) if distributed.is_main_process() else contextlib.nullcontext():
+    """The run folder (:class:`RunFolder`, whose lock an existing run folder
+    gives at once) for the ``with`` block, on the main process (None on the
+    others); under torchrun the others wait until it holds it."""
+    with RunFolder(path) if distributed.is_main_process() else contextlib.nullcontext() \
+            as folder:
         distributed.barrier()
-        yield
+        yield folder
 
 
 @contextlib.contextmanager
@@ -137,7 +140,7 @@ class Tee:
         self.file.close()
 
 
-def _run(cfg, log):
+def _run(cfg, log, folder):
     print(f'Config:\n{cfg}\n')
     seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
     datamanager = build_datamanager(cfg)
@@ -149,9 +152,10 @@ def _run(cfg, log):
     optimizer = torchreid.optim.build_optimizer(unwrap(model), **config.optimizer_kwargs(cfg))
     scheduler = torchreid.optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
     mixed = precision.MixedPrecision(cfg.train.amp, cfg.use_gpu)
-    final_test_only = False
+    final_test_only, resumed = False, None
     if not cfg.test.evaluate:
-        start_epoch = resume(cfg, model, datamanager.num_train_pids, optimizer, scheduler, mixed)
+        start_epoch, resumed = resume(cfg, model, datamanager.num_train_pids, optimizer,
+                                      scheduler, mixed)
         if start_epoch >= cfg.train.max_epoch:
             if start_epoch > cfg.train.max_epoch or \
                     osp.isfile(osp.join(cfg.data.save_dir, METRICS)):
@@ -168,6 +172,9 @@ def _run(cfg, log):
 
     # from here on the run writes into its folder (the main process does)
     if distributed.is_main_process():
+        folder.claim()
+        if resumed is not None:
+            restore_history(cfg.data.save_dir, start_epoch, resumed.get('history'))
         log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
         if not final_test_only:
             write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
@@ -203,7 +210,20 @@ def build_datamanager(cfg):
             datamanager.train_loader, cfg.sampler.train_sampler, cfg.train.batch_size,
             cfg.sampler.num_instances, distributed.rank(), distributed.world_size(),
             cfg.train.seed)
+    if not cfg.test.evaluate:
+        check_batches(cfg, datamanager.train_loader)
     return datamanager
+
+
+def check_batches(cfg, train_loader):
+    """Refuses a training set that gives no batch per epoch (torchreid drops
+    the last, incomplete one): the run would test an untrained model."""
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f'train.batch_size {cfg.train.batch_size} is larger than what the training data '
+            f'{list(cfg.data.sources)} gives ({len(train_loader.dataset)} images, '
+            f'sampler.train_sampler {cfg.sampler.train_sampler}): an epoch would have no '
+            'batch; lower train.batch_size')
 
 
 def check_dataset_folder(root, name):
@@ -262,6 +282,16 @@ def load_trained_weights(cfg, model, num_classes):
                                 getattr(model, 'schema', None))
     loaded, skipped = checkpoints.load_matching_weights(
         model, checkpoints.state_dict_of(checkpoint))
+    # the identity classifier alone may stay new: the test does not use it, and
+    # fine-tuning from a torchreid checkpoint of other identities trains a new one
+    unloaded = [k for k in model.state_dict()
+                if k not in loaded and not k.startswith('classifier.')]
+    if unloaded:
+        raise CheckpointError(
+            f'checkpoint "{cfg.model.load_weights}" leaves {len(unloaded)} of the '
+            f'{cfg.model.name} model\'s tensors unloaded ({", ".join(unloaded[:6])}'
+            f'{", ..." if len(unloaded) > 6 else ""}): it holds another model\'s weights; '
+            'give a checkpoint of this model (model.name, alfo.* as trained)')
     print(f'Loaded weights from "{cfg.model.load_weights}" ({len(loaded)} tensors, '
           f'{len(skipped)} skipped)')
     epoch = checkpoint.get('epoch') if isinstance(checkpoint, dict) else None
@@ -305,17 +335,22 @@ def place_on_device(cfg, model):
 
 
 def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
-    """Restores the run to continue, if any, and returns the epoch to start from.
+    """Restores the run to continue, if any.
 
     ``model.resume`` names a checkpoint; ``train.resume`` continues the run
     folder's ``model/latest.pth.tar``, as does a job that torchrun restarted
     (its command line is the first one's). Without either, a folder that already
     holds a run is refused, so a new run never mixes its files with an older one's.
-    Under torchrun every process loads the same checkpoint.
+    Under torchrun every process loads the same checkpoint. Nothing is
+    written: the caller restores the folder's history (:func:`restore_history`)
+    once the run goes ahead.
 
     Args:
         mixed: the run's :class:`alfo_torchreid.engine.precision.MixedPrecision`
             (its gradient scaler's state is restored).
+
+    Returns:
+        (the epoch to start from, the checkpoint resumed from or None).
 
     Raises:
         RunFolderError, CheckpointError.
@@ -331,14 +366,12 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None):
             raise RunFolderError(
                 f'run folder "{cfg.data.save_dir}" already holds a run ({", ".join(previous)}): '
                 'continue it with train.resume True, or give this run another data.save_dir')
-        return 0
+        return 0, None
     start_epoch, checkpoint = checkpoints.load_training_state(
         path, unwrap(model), num_classes, optimizer, scheduler, trust=cfg.model.trust_checkpoint,
         precision=mixed)
-    if distributed.is_main_process():
-        restore_history(cfg.data.save_dir, start_epoch, checkpoint.get('history'))
     print(f'Resumed from "{path}": continuing at epoch {start_epoch + 1}')
-    return start_epoch
+    return start_epoch, checkpoint
 
 
 def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None):

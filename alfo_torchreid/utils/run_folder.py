@@ -1,10 +1,11 @@
 """A run folder (``data.save_dir``) that one run owns at a time.
 
-:class:`RunFolder` creates the folder, takes an advisory ``fcntl`` lock on
-``<folder>/.lock`` for the run's lifetime (the OS releases it when the
-process ends, killed or not, so a dead run never blocks the next; a second
-run on a locked folder is refused, naming the holder's pid), and removes the
-hidden ``.part`` files that a run killed while saving left behind.
+:class:`RunFolder` takes an advisory ``fcntl`` lock on ``<folder>/.lock``
+for the run's lifetime (the OS releases it when the process ends, killed or
+not, so a dead run never blocks the next; a second run on a locked folder is
+refused, naming the holder's pid); once the run goes ahead it creates the
+folder and removes the hidden ``.part`` files that a run killed while saving
+left behind.
 
 :func:`read_history` reads ``history.jsonl``, dropping a torn last line;
 :func:`restore_history` makes it end at the checkpoint a run resumes from.
@@ -31,7 +32,14 @@ class RunFolderInUse(RunFolderError):
 class RunFolder:
     """Owns ``path`` while the ``with`` block runs.
 
-    Raises (on entering):
+    Entering creates nothing: it takes the lock of a folder that already has
+    one, so that a second run is refused at once, and leaves the lock file's
+    content alone. :meth:`claim`, once the run has passed validation and goes
+    ahead, creates the folder, takes its lock if not yet held, writes this
+    process's pid into it and removes what interrupted saves left. A run
+    refused before :meth:`claim` leaves no folder and no lock file behind.
+
+    Raises (on entering, or from :meth:`claim`):
         RunFolderError: ``path`` is empty, cannot be created or written to.
         RunFolderInUse: another run holds the lock.
     """
@@ -43,22 +51,49 @@ class RunFolder:
         self._lock = None
 
     def __enter__(self):
-        started = time.time()
-        self._lock = self._acquire()
-        self.remove_stale_partial_files(before=started)
+        self._check_usable()
+        if osp.isfile(osp.join(self.path, LOCK)):
+            self._lock = self._acquire()
         return self
 
     def __exit__(self, *exc_info):
         # closing the descriptor releases the lock; the file stays (harmless)
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    def claim(self):
+        """The run goes ahead: the folder is made and locked (if it was not),
+        the lock file names this process, stale ``.part`` files are removed."""
+        started = time.time()
+        if self._lock is None:
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except OSError as exc:
+                raise self._unusable(exc.strerror or exc) from None
+            self._lock = self._acquire()
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        self.remove_stale_partial_files(before=started)
+
+    def _check_usable(self):
+        """Refuses a path that is not a folder, or under a file."""
+        existing = self.path
+        while not osp.exists(existing):
+            existing = osp.dirname(existing)
+        if not osp.isdir(existing):
+            raise self._unusable(f'"{existing}" is not a folder')
+
+    def _unusable(self, reason):
+        return RunFolderError(f'cannot use "{self.path}" as the run folder (data.save_dir): '
+                              f'{reason}')
 
     def _acquire(self):
         try:
-            os.makedirs(self.path, exist_ok=True)
             lock = open(osp.join(self.path, LOCK), 'a+')
         except OSError as exc:
-            raise RunFolderError(f'cannot use "{self.path}" as the run folder (data.save_dir): '
-                              f'{exc.strerror or exc}') from None
+            raise self._unusable(exc.strerror or exc) from None
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -68,10 +103,6 @@ class RunFolder:
             raise RunFolderInUse(
                 f'run folder "{self.path}" is in use by another run (pid {holder}): wait for '
                 'it to end, or give this run another data.save_dir') from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
         return lock
 
     def remove_stale_partial_files(self, before):
