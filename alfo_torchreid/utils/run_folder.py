@@ -150,7 +150,7 @@ def _records(data, path):
         try:
             record = json.loads(line)
             by_epoch[int(record['epoch'])] = record
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: 1e999
             if number < len(lines):
                 raise RunFolderError(f'"{path}" line {number} is not a history record '
                                      f'({line[:60]!r}); the file is damaged') from None
