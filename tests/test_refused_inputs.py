@@ -19,8 +19,8 @@ from alfo_run import CONFIG, load_tool, market_split, refused_run
 from alfo_torchreid import config, reproduce
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
 from alfo_torchreid.serving import gallery_index, inference
-from alfo_torchreid.utils import atomic, checkpoints
-from alfo_torchreid.utils.errors import AlfoError, CheckpointError
+from alfo_torchreid.utils import atomic, checkpoints, distributed
+from alfo_torchreid.utils.errors import AlfoError, CheckpointError, TrainingError
 from alfo_torchreid.utils.run_folder import read_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -362,3 +362,14 @@ def test_reproduce_refuses_a_torn_record_of_configs(toy_root, tmp_path, capsys):
 def test_the_repositorys_config_files_pass_the_stricter_loader():
     for path in sorted((REPO / 'configs').rglob('*.yaml')):
         assert config.load_config(str(path)).model.name, path
+
+
+def test_a_collective_whose_peer_died_is_one_error():
+    gloo = RuntimeError('[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error '
+                        '[127.0.0.1]:29500: Connection reset by peer')
+    with pytest.raises(TrainingError, match=r'^another process of the job ended \(Connection '
+                                            r'reset by peer\): this one stops too'):
+        with distributed.peer_loss_as_error():
+            raise gloo
+    with pytest.raises(RuntimeError, match='other'), distributed.peer_loss_as_error():
+        raise RuntimeError('other')

@@ -424,6 +424,41 @@ def test_resuming_with_another_optimizer_setup_is_one_line(finished_run, toy_roo
     assert _snapshot(run) == before
 
 
+def test_resuming_adam_as_amsgrad_is_refused_before_any_file_changes(finished_run, toy_root,
+                                                                     tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    before = _snapshot(run)
+    status, _, err = _main(capsys, toy_root, run, 'train.resume', 'True', 'train.max_epoch', '2',
+                           'train.optim', 'amsgrad')
+    assert status == 2 and len(err) == 1, err
+    assert 'was saved by an optimizer that keeps other state (max_exp_avg_sq kept by one' in err[0]
+    assert _snapshot(run) == before  # config.yaml and the lock included
+
+
+def test_resuming_from_a_weights_only_snapshot_points_to_latest(finished_run, toy_root, tmp_path,
+                                                               capsys):
+    snapshot = finished_run / 'model' / 'model.pth.tar-1'
+    status, _, err = _main(capsys, toy_root, tmp_path / 'new', 'model.resume', snapshot,
+                           'train.max_epoch', '2')
+    assert status == 2 and len(err) == 1, err
+    assert (f'checkpoint "{snapshot}" holds the weights alone' in err[0] and
+            "resume from the run's model/latest.pth.tar (train.resume True)" in err[0] and
+            f'model.load_weights "{snapshot}"' in err[0])
+    assert not (tmp_path / 'new').exists()
+
+
+def test_nothing_to_train_leaves_even_a_torn_history_line_as_it_was(finished_run, toy_root,
+                                                                    tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    with open(run / 'history.jsonl', 'a') as f:
+        f.write('{"epoch": 2, "lr": 0.0')
+    before = _snapshot(run)
+    status, out, err = _main(capsys, toy_root, run, 'train.resume', 'True')
+    assert status == 0 and not err
+    assert 'no file was changed' in out
+    assert _snapshot(run) == before
+
+
 def test_resuming_from_a_bare_state_dict_is_one_line(finished_run, toy_root, tmp_path, capsys):
     weights = tmp_path / 'weights.pth'
     torch.save(checkpoints.load_checkpoint(finished_run / 'model' / 'latest.pth.tar')
