@@ -234,11 +234,11 @@ def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where
         where: conditions of :func:`~alfo_torchreid.evaluation.attribute_match.parse_where`;
             only items whose predicted attributes meet all of them are ranked.
         attr_weight: in ``[0, MAX_ATTR_WEIGHT]``; above 0, items are ranked by
-            the re-ID distance plus ``attr_weight * s_q * A`` (:func:`attribute_reranked`). The nearest
-            items by re-ID distance are re-ranked, more of them until no item
-            left out could enter the top (each item's added term is >= 0), so
-            with an exact backend the result is that of re-ranking the whole
-            gallery.
+            the re-ID distance plus ``attr_weight * s_q * A``
+            (:func:`attribute_reranked`). The nearest items by re-ID distance
+            are re-ranked, more of them until no item left out could enter the
+            top (each item's added term is >= 0), so with an exact backend the
+            result is that of re-ranking the whole gallery.
 
     Returns:
         list of :class:`Hit`, best first (fewer than ``top`` when fewer items
