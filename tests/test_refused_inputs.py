@@ -42,16 +42,22 @@ def one_error(capsys, name, *args):
 
 @contextlib.contextmanager
 def fifo(path):
-    """A FIFO at ``path`` with a writer waiting to open it and close it at
-    once: a reader that opens it reads an empty file instead of waiting
-    forever (the code before issue 20 then fails on the empty content); the
-    writer is let go when the block ends."""
+    """A FIFO at ``path`` with a writer that opens and closes it again and
+    again: a reader that opens it reads an empty file instead of waiting
+    forever (the code before issue 20 then fails on the empty content)."""
     os.mkfifo(path)
-    writer = threading.Thread(target=lambda: open(path, 'wb').close(), daemon=True)
+    done = threading.Event()
+
+    def write_nothing():
+        while not done.is_set():
+            open(path, 'wb').close()  # waits for a reader
+
+    writer = threading.Thread(target=write_nothing, daemon=True)
     writer.start()
     try:
         yield path
     finally:
+        done.set()
         reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # the writer's open returns
         writer.join()
         os.close(reader)
