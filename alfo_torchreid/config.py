@@ -9,6 +9,7 @@ a config into constructor arguments, as in torchreid's scripts.
 import contextlib
 import difflib
 import inspect
+import math
 import os
 import re
 
@@ -263,8 +264,9 @@ def _as_config_error(where):
     """Turns yacs' and YAML's errors into a ConfigError naming ``where``."""
     try:
         yield
-    except (KeyError, ValueError, AssertionError, TypeError, AttributeError,
-            yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:  # its args start with None; str() has the message and line
+        raise ConfigError(f'{_plain(str(exc))} (in {where})') from None
+    except (KeyError, ValueError, AssertionError, TypeError, AttributeError) as exc:
         raise ConfigError(f'{_plain(str(exc.args[0] if exc.args else exc))} (in {where})') from None
 
 
@@ -342,15 +344,17 @@ def merge_config_file(cfg, config_file, _chain=()):
         raise ConfigError(f'config file "{config_file}" includes itself through {BASE_KEY} '
                           f'({" -> ".join(_chain + (path,))})')
     where = f'"{config_file}"'
+    if not os.path.exists(path):
+        raise ConfigError(f'config file "{config_file}" does not exist')
+    if not os.path.isfile(path):  # a folder, or a FIFO whose reading would wait forever
+        raise ConfigError(f'config file "{config_file}" is not a regular file')
     try:
         with open(path) as f:
             text = f.read()
-    except FileNotFoundError:
-        raise ConfigError(f'config file "{config_file}" does not exist') from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f'config file "{config_file}" cannot be read ({exc})') from None
     with _as_config_error(where):
-        content = yaml.safe_load(text)
+        content = yaml.load(text, Loader=ConfigLoader)
     if not isinstance(content, dict):
         raise ConfigError(f'config file "{config_file}" is not a YAML mapping of config keys '
                           f'(it holds {type(content).__name__})')
@@ -361,6 +365,51 @@ def merge_config_file(cfg, config_file, _chain=()):
         merge_config_file(cfg, os.path.join(os.path.dirname(path), str(base)), _chain + (path,))
     with _as_config_error(where):
         cfg.merge_from_other_cfg(_booleans_as_words(other))
+
+
+MAX_DEPTH = 16  # nesting of a config file (the default tree has 3 levels)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, stricter for config files: a key given twice in
+    one mapping (a second ``train:`` section would silently replace the
+    first), anchors and aliases, tags (``!!python/...``) and nesting deeper
+    than :data:`MAX_DEPTH` are refused with a ConfigError naming the line."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, 'anchor', None):
+            raise ConfigError(f'line {line}: YAML anchors and aliases (&{event.anchor}, '
+                              f'*{event.anchor}) are not allowed in a config; write the '
+                              'values out')
+        self._depth = getattr(self, '_depth', 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ConfigError(f'line {line}: the YAML is nested more than {MAX_DEPTH} '
+                                  'levels deep; a config has sections of keys')
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key, _ in node.value:
+            line = key.start_mark.line + 1
+            if isinstance(key, yaml.ScalarNode) and key.value in first:
+                raise ConfigError(f'line {line}: key "{key.value}" is given twice in one '
+                                  f'mapping (first on line {first[key.value]}); the second '
+                                  'would silently replace the first: merge them')
+            first.setdefault(getattr(key, 'value', None), line)
+        return super().construct_mapping(node, deep)
+
+    def construct_undefined(self, node):
+        tag = node.tag.replace('tag:yaml.org,2002:', '!!')
+        raise ConfigError(f'line {node.start_mark.line + 1}: the YAML tag "{tag}" is not '
+                          'allowed in a config (plain values only)')
+
+
+ConfigLoader.add_constructor(None, ConfigLoader.construct_undefined)
 
 
 # String keys whose YAML booleans name a value: torchreid configs say
@@ -425,6 +474,22 @@ def all_items(check):
     return lambda v: all(test(x) for x in v), f'a list of values {expected}'
 
 
+def non_empty(check):
+    """``check`` of a list, which must also hold at least one value."""
+    test, expected = check
+    return lambda v: len(v) > 0 and test(v), f'a non-empty {expected[2:]}'
+
+
+def numbers(count, check):
+    """A list of ``count`` numbers (not strings, lists or booleans) meeting ``check``."""
+    test, expected = check
+    return (lambda v: len(v) == count and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and test(x) for x in v),
+        f'a list of {count} numbers {expected}')
+
+
+DATASET_NAME = (lambda v: isinstance(v, str) and bool(v), 'that are dataset names')
+
 # key -> (test, what is expected); every key whose value is constrained is here.
 SCHEMA = {
     'data.type': one_of('image'),
@@ -435,6 +500,10 @@ SCHEMA = {
     'data.split_id': at_least(0),
     'data.transforms': all_items(one_of(*TRANSFORMS)),
     'data.erase_probability': between(0, 1),
+    'data.sources': non_empty(all_items(DATASET_NAME)),
+    'data.targets': non_empty(all_items(DATASET_NAME)),
+    'data.norm_mean': numbers(3, (math.isfinite, 'that are finite')),
+    'data.norm_std': numbers(3, (lambda v: 0 < v < math.inf, 'that are > 0 and finite')),
     'sampler.train_sampler': one_of(*SAMPLERS),
     'sampler.train_sampler_t': one_of(*SAMPLERS),
     'sampler.num_instances': at_least(1),
@@ -449,7 +518,7 @@ SCHEMA = {
     'train.fixbase_epoch': at_least(0),
     'train.base_lr_mult': above(0),
     'train.lr_scheduler': one_of(*SCHEDULERS),
-    'train.stepsize': all_items(at_least(1)),
+    'train.stepsize': non_empty(all_items(at_least(1))),
     'train.gamma': above(0),
     'train.warmup_epochs': at_least(0),
     'train.warmup_factor': (lambda v: 0 < v <= 1, 'in (0, 1]'),
@@ -508,7 +577,11 @@ def check_config(cfg):
     """
     for key, (test, expected) in SCHEMA.items():
         value = lookup(cfg, key)
-        if not test(value):
+        try:
+            valid = test(value)
+        except TypeError:  # a string, list or None where numbers were expected
+            valid = False
+        if not valid:
             raise ConfigError(f'{key} must be {expected}, got {value!r}')
     models = compat.model_factory()
     if cfg.model.name not in models:

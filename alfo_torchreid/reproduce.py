@@ -187,7 +187,8 @@ def reproduce(dataset, out, root='', quick=False, seeds=(1,), opts=(), table='pa
                                input_files(runs, cfgs))
     record_configs(runs, cfgs, out)
     train_missing(runs)
-    rows = table_rows({name: [run_results(r, TARGETS[dataset]) for r in runs if r.row == name]
+    rows = table_rows({name: [run_results(r, TARGETS[dataset], cfg)
+                              for r, cfg in zip(runs, cfgs) if r.row == name]
                        for name in tables.run_order}, dataset, table)
     text = markdown(rows, dataset, seeds, out, quick, cfgs[0].train.max_epoch, opts, table)
     md, table_csv = (osp.join(out, name) for name in TABLE_FILES)
@@ -265,8 +266,18 @@ def record_configs(runs, cfgs, out):
     path = osp.join(out, CONFIGS_RECORD)
     recorded = {}
     if osp.isfile(path):
-        with open(path) as f:
-            recorded = json.load(f)
+        try:
+            with open(path, encoding='utf-8') as f:
+                recorded = json.load(f)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f'"{path}", the record of the configs of the runs in "{out}", '
+                              f'is damaged ({exc}): give another --out, or remove "{out}"'
+                              ) from None
+        if not isinstance(recorded, dict) or not all(isinstance(v, dict)
+                                                     for v in recorded.values()):
+            raise ConfigError(f'"{path}", the record of the configs of the runs in "{out}", '
+                              f'is not a mapping of runs to configs: give another --out, or '
+                              f'remove "{out}"')
     for run, cfg in zip(runs, cfgs):
         name = f'{run.row}/seed{run.seed}'
         now = json.loads(json.dumps(config.flatten(cfg)))  # lists as JSON gives them back
@@ -323,12 +334,29 @@ def eta(seconds, runs_left):
     return str(datetime.timedelta(seconds=round(runs_left * statistics.fmean(seconds))))
 
 
-def run_results(run, target):
-    """``{'rank1', 'rank5', 'mAP', 'attr_mA'}`` (%, None when absent) of a finished run."""
-    for row in report.rows([report.load_run(run.save_dir)]):
-        if row['dataset'] == target:
-            return {key: row[key] for key in METRIC_KEYS}
-    raise AlfoError(f'"{osp.join(run.save_dir, run_lib.METRICS)}" has no results on {target}')
+def run_results(run, target, cfg):
+    """``{'rank1', 'rank5', 'mAP', 'attr_mA'}`` (%, None when absent) of a finished run.
+
+    Raises:
+        AlfoError: the run's ``metrics.json`` has no results on ``target``, or
+            is not that of the run's config ``cfg`` (another model, or attribute
+            results where the model has no attribute heads, or none where it has).
+    """
+    path = osp.join(run.save_dir, run_lib.METRICS)
+    metrics = report.load_run(run.save_dir)
+    heads = config.is_alfo(cfg) and cfg.alfo.local_branch
+    for row in report.rows([metrics]):
+        if row['dataset'] != target:
+            continue
+        if metrics['model'] != cfg.model.name or (row['attr_mA'] is not None) != heads:
+            found = 'with' if row['attr_mA'] is not None else 'without'
+            raise AlfoError(
+                f'"{path}" holds the results of a {metrics["model"]} model {found} attribute '
+                f'results, not of row {run.row}\'s {cfg.model.name}'
+                f'{" with attribute heads" if heads else ""}: a file of another run was put '
+                f'there; remove it and run again to test this run\'s weights')
+        return {key: row[key] for key in METRIC_KEYS}
+    raise AlfoError(f'"{path}" has no results on {target}')
 
 
 def mean_std(values):

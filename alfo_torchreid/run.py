@@ -44,7 +44,8 @@ from alfo_torchreid.engine.engine import (BaselineEngine, BaselineTripletEngine,
                                           ImageFocalVoteEngine, unwrap)
 from alfo_torchreid.utils import checkpoints, compat, description, distributed, weights
 from alfo_torchreid.utils.atomic import write_file
-from alfo_torchreid.utils.errors import ConfigError, DatasetError, RunFolderError
+from alfo_torchreid.utils.errors import (CheckpointError, ConfigError, DatasetError,
+                                         RunFolderError)
 from alfo_torchreid.utils.run_folder import RunFolder, read_history, restore_history
 
 METRICS = 'metrics.json'
@@ -123,12 +124,9 @@ def adopt_checkpoint_description(cfg):
 
 @contextlib.contextmanager
 def owned_folder(path):
-    """The run folder's lock (:class:`RunFolder`) for the ``with`` block,
-    taken by the main process; under torchrun the others wait until it holds it.
-
-    Yields:
-        The :class:`RunFolder` in the main process, None in the others.
-    """
+    """The run folder (:class:`RunFolder`, whose lock an existing run folder
+    gives at once) for the ``with`` block, on the main process (None on the
+    others); under torchrun the others wait until it holds it."""
     with RunFolder(path) if distributed.is_main_process() else contextlib.nullcontext() \
             as folder:
         distributed.barrier()
@@ -244,8 +242,8 @@ def _run(cfg, log, folder, verbose=False):
     center = build_center_term(cfg, unwrap(model), datamanager.num_train_pids)
     final_test_only = False
     if not cfg.test.evaluate:
-        start_epoch, resumed_from = resume(cfg, model, datamanager.num_train_pids, optimizer,
-                                           scheduler, mixed, center)
+        start_epoch, resumed_from, resumed = resume(cfg, model, datamanager.num_train_pids,
+                                                    optimizer, scheduler, mixed, center)
         if start_epoch >= cfg.train.max_epoch:
             if start_epoch > cfg.train.max_epoch or \
                     osp.isfile(osp.join(cfg.data.save_dir, METRICS)):
@@ -265,7 +263,9 @@ def _run(cfg, log, folder, verbose=False):
 
     # from here on the run writes into its folder (the main process does)
     if distributed.is_main_process():
-        folder.remove_stale_partial_files(RUN_SUBFOLDERS)
+        folder.claim(RUN_SUBFOLDERS)
+        if not cfg.test.evaluate and resumed is not None:
+            restore_history(cfg.data.save_dir, start_epoch, resumed.get('history'))
         log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
         if not final_test_only:
             write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
@@ -338,6 +338,8 @@ def build_datamanager(cfg):
             datamanager.train_loader, cfg.sampler.train_sampler, cfg.train.batch_size,
             cfg.sampler.num_instances, distributed.rank(), distributed.world_size(),
             cfg.train.seed)
+    if not cfg.test.evaluate:
+        check_batches(cfg, datamanager.train_loader)
     return datamanager
 
 
@@ -348,6 +350,17 @@ def set_erase_probability(datamanager, probability):
     for step in datamanager.transform_tr.transforms:
         if isinstance(step, torchreid.data.transforms.RandomErasing):
             step.probability = probability
+
+
+def check_batches(cfg, train_loader):
+    """Refuses a training set that gives no batch per epoch (torchreid drops
+    the last, incomplete one): the run would test an untrained model."""
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f'train.batch_size {cfg.train.batch_size} is larger than what the training data '
+            f'{list(cfg.data.sources)} gives ({len(train_loader.dataset)} images, '
+            f'sampler.train_sampler {cfg.sampler.train_sampler}): an epoch would have no '
+            'batch; lower train.batch_size')
 
 
 def check_dataset_folder(root, name):
@@ -410,6 +423,16 @@ def load_trained_weights(cfg, model, num_classes):
                                 getattr(model, 'schema', None))
     loaded, skipped = checkpoints.load_matching_weights(
         model, checkpoints.state_dict_of(checkpoint))
+    # the identity classifier alone may stay new: the test does not use it, and
+    # fine-tuning from a torchreid checkpoint of other identities trains a new one
+    unloaded = [k for k in model.state_dict()
+                if k not in loaded and not k.startswith('classifier.')]
+    if unloaded:
+        raise CheckpointError(
+            f'checkpoint "{cfg.model.load_weights}" leaves {len(unloaded)} of the '
+            f'{cfg.model.name} model\'s tensors unloaded ({", ".join(unloaded[:6])}'
+            f'{", ..." if len(unloaded) > 6 else ""}): it holds another model\'s weights; '
+            'give a checkpoint of this model (model.name, alfo.* as trained)')
     print(f'Loaded weights from "{cfg.model.load_weights}" ({len(loaded)} tensors, '
           f'{len(skipped)} skipped)')
     epoch = checkpoint.get('epoch') if isinstance(checkpoint, dict) else None
@@ -471,7 +494,9 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None, center=Non
     folder's ``model/latest.pth.tar``, as does a job that torchrun restarted
     (its command line is the first one's). Without either, a folder that already
     holds a run is refused, so a new run never mixes its files with an older one's.
-    Under torchrun every process loads the same checkpoint.
+    Under torchrun every process loads the same checkpoint. Nothing is
+    written: the caller restores the folder's history (:func:`restore_history`)
+    once the run goes ahead.
 
     Args:
         mixed: the run's :class:`alfo_torchreid.engine.precision.MixedPrecision`
@@ -480,7 +505,8 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None, center=Non
             and optimizer are restored), or None.
 
     Returns:
-        (the epoch to start from, the checkpoint resumed from or '' for none).
+        (the epoch to start from, the path resumed from or '', the loaded
+        checkpoint or None).
 
     Raises:
         RunFolderError, CheckpointError.
@@ -496,13 +522,11 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None, center=Non
             raise RunFolderError(
                 f'run folder "{cfg.data.save_dir}" already holds a run ({", ".join(previous)}): '
                 'continue it with train.resume True, or give this run another data.save_dir')
-        return 0, ''
+        return 0, '', None
     start_epoch, checkpoint = checkpoints.load_training_state(
         path, unwrap(model), num_classes, optimizer, scheduler, trust=cfg.model.trust_checkpoint,
         precision=mixed, center=center)
-    if distributed.is_main_process():
-        restore_history(cfg.data.save_dir, start_epoch, checkpoint.get('history'))
-    return start_epoch, path
+    return start_epoch, path, checkpoint
 
 
 def build_engine(cfg, datamanager, model, optimizer, scheduler, mixed=None, center=None):

@@ -65,11 +65,12 @@ def run_tool(name, *args, process=False, **kwargs):
     return ToolResult(status, out.getvalue(), err.getvalue())
 
 
-def refused_run(capsys, toy_root, tmp_path, *opts):
-    """Runs tools/main.py on the toy config with ``opts`` in this process, asserts
-    that it was refused (status 2, one line, no run folder made) and returns the line."""
-    status = load_tool('main').main(['--config-file', str(CONFIG), '--root', str(toy_root),
-                                     'data.save_dir', str(tmp_path / 'run'), *opts])
+def refused_run(capsys, toy_root, tmp_path, *opts, config_file=CONFIG):
+    """Runs tools/main.py on ``config_file`` (the toy config) with ``opts`` in this
+    process, asserts that it was refused (status 2, one line, no run folder made)
+    and returns the line."""
+    status = load_tool('main').main(['--config-file', str(config_file), '--root', str(toy_root),
+                                     'data.save_dir', str(tmp_path / 'run'), *map(str, opts)])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1, err
     assert not (tmp_path / 'run').exists()  # refused before the run folder is made

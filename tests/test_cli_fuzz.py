@@ -10,7 +10,7 @@ reproduction arguments, and outputs that would write over one of the tool's
 own inputs. For every case: exit status 2, exactly one ``error:`` line, no
 traceback, and the files of earlier runs (the run folder of every main.py
 case; an earlier run, index and outputs of every other tool's) left byte for
-byte as they were.
+byte as they were, the earlier run's lock file included.
 """
 import json
 import random
@@ -33,9 +33,9 @@ BAD_VALUES = {
     'train.optim': ['adamw', 'SGD', "''"],
     'train.lr': ['0', '-0.1'],
     'train.max_epoch': ['0', '-3'],
-    'train.batch_size': ['0'],
+    'train.batch_size': ['0', '64'],  # 64: more than the toy training set's 32 images
     'train.lr_scheduler': ['step', 'cosine_annealing'],
-    'train.stepsize': ['[0]', '[-5]'],
+    'train.stepsize': ['[0]', '[-5]', '[]', '[[5]]'],
     'train.gamma': ['0'],
     'train.print_freq': ['0'],
     'train.weight_decay': ['-1e-4'],
@@ -52,7 +52,9 @@ BAD_VALUES = {
     'data.height': ['8'],
     'data.k_tfm': ['0'],
     'data.transforms': ["['random_rotate']"],
-    'data.sources': ["['nope']"],
+    'data.sources': ["['nope']", '[]'],
+    'data.norm_std': ["['a', 'b', 'c']", '[0.0, 0.0, 0.0]', '[0.2]'],
+    'data.norm_mean': ["['x', 0.5, 0.5]"],
     'data.targets': ["['market1501_attr', 'nope']"],
     'sampler.train_sampler': ['Random', 'RandomIdentity'],
     'sampler.num_instances': ['0'],
@@ -144,6 +146,10 @@ def _bad_yaml(rng, base):
         '_BASE_: missing_base.yaml\n',
         base + f'\ntrain:\n  no_{rng.randrange(1000)}: 1\n',
         base + '\ntrain:\n  max_epoch: many\n',
+        base + '\ntrain:\n  max_epoch: 2\n',  # a second train: section
+        base + '\nx: &a [1]\ny: *a\n',
+        base + "\nmodel:\n  name: !!python/object/apply:os.getcwd []\n",
+        'x: ' + '[' * 1000 + ']' * 1000 + '\n',
     ])
 
 
@@ -193,6 +199,11 @@ def metrics_cases(rng, count):
                         'results': {'m': {'mAP': 0.5, 'cmc': [0.5, 0.7]}}}).encode()
     shapes = [b'', b'[]', b'{"results": {}}', b'\xff\xfe', b'{"model": "alfo", "params": 1, '
               b'"gflops": 1, "results": {"m": {"mAP": "high", "cmc": []}}}',
+              b'{"model": "alfo", "params": 1, "gflops": 1, "results": {"m": {"mAP": NaN, '
+              b'"cmc": [0.5]}}}',
+              b'{"model": "alfo", "params": 1, "gflops": Infinity, "results": {}}',
+              b'{"model": "alfo", "params": 1, "gflops": 1, "results": {"m": {"mAP": 0.5, '
+              b'"cmc": [7]}}}',
               b'{"model": "alfo", "params": 1, "gflops": 1, "results": {"m": {"mAP": 0.5, '
               b'"cmc": [0.5], "attributes": {"mA": 0.5}}}}']
     cases = []
@@ -221,12 +232,13 @@ def earlier_run(module_tmp):
     (run / 'metrics.json').write_text('{"results": {}}')
     (run / 'train.log').write_text('trained\n')
     (run / 'model' / 'latest.pth.tar').write_bytes(b'weights')
+    (run / '.lock').write_text('4242')  # the pid of the process that ran it
     return run
 
 
 def _files(folder):
-    """Every file of ``folder`` but the lock a refused run may leave (no content of a run)."""
-    return {p: p.read_bytes() for p in folder.rglob('*') if p.is_file() and p.name != '.lock'}
+    """Every file of ``folder``, its lock included (a refused run leaves it alone)."""
+    return {p: p.read_bytes() for p in folder.rglob('*') if p.is_file()}
 
 
 @pytest.fixture
@@ -255,6 +267,17 @@ def test_bad_config(name, overrides, text, toy_root, unchanged, tmp_path):
         config_file.write_bytes(text.replace('{self}', 'bad.yaml').encode())
     _refused('main', ['--config-file', config_file, '--root', toy_root,
                     'data.save_dir', unchanged, *overrides])
+
+
+EVERY_BAD_VALUE = [(key, value) for key in sorted(BAD_VALUES) for value in BAD_VALUES[key]]
+
+
+@pytest.mark.parametrize('key, value', EVERY_BAD_VALUE,
+                         ids=[f'{k}={v}' for k, v in EVERY_BAD_VALUE])
+def test_every_bad_value_of_the_table_is_refused(key, value, toy_root, unchanged):
+    # the random cases draw from the table; this runs each value once
+    _refused('main', ['--config-file', TOY_CONFIG, '--root', toy_root,
+                      'data.save_dir', unchanged, key, value])
 
 
 @pytest.mark.parametrize('name, mutate', TREE_CASES, ids=[c[0] for c in TREE_CASES])

@@ -478,8 +478,8 @@ def test_only_the_partial_files_of_this_package_are_removed_and_never_through_a_
         assert stale.exists()  # not on taking the lock: the run's checks come first
         fresh = _stale_partial_file(run, '.c.0123456789ab.part')
         os.utime(fresh, (time.time() + 60, time.time() + 60))  # written after the lock
-        assert folder.remove_stale_partial_files(('model', 'linked', 'model/eval-*')) == \
-            [str(stale)]
+        assert folder.remove_stale_partial_files(('model', 'linked', 'model/eval-*'),
+                                                 before=time.time()) == [str(stale)]
     assert all(p.exists() for p in kept) and fresh.exists()
     assert (run / '.b.0123456789ab.part').is_symlink()
 
@@ -499,6 +499,41 @@ def test_a_second_evaluation_into_a_finished_evaluation_folder_is_refused(
     after = _snapshot(run)
     after.pop(Path('eval-model.pth.tar-1/.lock'), None)  # no content of a run
     assert after == before
+
+
+def test_resuming_adam_as_amsgrad_is_refused_before_any_file_changes(finished_run, toy_root,
+                                                                     tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    before = _snapshot(run)
+    status, _, err = _main(capsys, toy_root, run, 'train.resume', 'True', 'train.max_epoch', '2',
+                           'train.optim', 'amsgrad')
+    assert status == 2 and len(err) == 1, err
+    assert 'was saved by an optimizer that keeps other state (max_exp_avg_sq kept by one' in err[0]
+    assert _snapshot(run) == before  # config.yaml and the lock included
+
+
+def test_resuming_from_a_weights_only_snapshot_points_to_latest(finished_run, toy_root, tmp_path,
+                                                               capsys):
+    snapshot = finished_run / 'model' / 'model.pth.tar-1'
+    status, _, err = _main(capsys, toy_root, tmp_path / 'new', 'model.resume', snapshot,
+                           'train.max_epoch', '2')
+    assert status == 2 and len(err) == 1, err
+    assert (f'checkpoint "{snapshot}" holds the weights alone' in err[0] and
+            "resume from the run's model/latest.pth.tar (train.resume True)" in err[0] and
+            f'model.load_weights "{snapshot}"' in err[0])
+    assert not (tmp_path / 'new').exists()
+
+
+def test_nothing_to_train_leaves_even_a_torn_history_line_as_it_was(finished_run, toy_root,
+                                                                    tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    with open(run / 'history.jsonl', 'a') as f:
+        f.write('{"epoch": 2, "lr": 0.0')
+    before = _snapshot(run)
+    status, out, err = _main(capsys, toy_root, run, 'train.resume', 'True')
+    assert status == 0 and not err
+    assert 'no file was changed' in out
+    assert _snapshot(run) == before
 
 
 def test_resuming_from_a_bare_state_dict_is_one_line(finished_run, toy_root, tmp_path, capsys):

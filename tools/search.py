@@ -76,6 +76,7 @@ def build_index(args):
 
 
 def query_index(args):
+    search.check_query_settings(args.top, args.attr_weight)
     index = gallery_index.load_index(args.index)
     where = parse_where(args.where, index.schema) if args.where else None
     weights = args.weights or index.meta['weights']

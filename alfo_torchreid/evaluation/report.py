@@ -10,6 +10,7 @@ level, each run's mA, and the attributes left out of mA hatched.
 import csv
 import io
 import json
+import math
 import os
 import os.path as osp
 from dataclasses import dataclass
@@ -60,24 +61,48 @@ def load_run(run_dir):
 
 def _metrics_problem(run):
     """What makes ``run`` unlike a ``metrics.json`` of ``tools/main.py`` (None if nothing)."""
-    number = (int, float)
     if not isinstance(run, dict):
         return f'it holds a {type(run).__name__}, not an object'
-    for key, kind in (('model', str), ('params', number), ('gflops', number),
-                      ('results', dict)):
+    for key, kind in (('model', str), ('results', dict)):
         if not isinstance(run.get(key), kind):
-            return f'"{key}" is missing or not a {getattr(kind, "__name__", "number")}'
+            return f'"{key}" is missing or not a {kind.__name__}'
+    for key in ('params', 'gflops'):
+        if not _number(run.get(key), high=math.inf):
+            return f'"{key}" is missing or not a finite number >= 0'
+    if 'name' in run and not (isinstance(run['name'], str) and run['name']):
+        return '"name" is not a name'
+    seconds = run.get('train_time_per_epoch')
+    if seconds is not None and not _number(seconds, high=math.inf):
+        return '"train_time_per_epoch" is not a finite number >= 0'
     for dataset, res in run['results'].items():
-        if not isinstance(res, dict) or not isinstance(res.get('mAP'), number) or \
-                not isinstance(res.get('cmc'), list) or \
-                not all(isinstance(c, number) for c in res['cmc']):
-            return f'results of "{dataset}" lack a numeric "mAP" and a "cmc" list'
+        if not isinstance(res, dict) or not _number(res.get('mAP')) or \
+                not isinstance(res.get('cmc'), list) or not all(map(_number, res['cmc'])):
+            return (f'results of "{dataset}" lack an "mAP" and a "cmc" list of fractions in '
+                    '[0, 1]')
         attrs = res.get('attributes')
-        if attrs is not None and not (isinstance(attrs, dict) and
-                                      isinstance(attrs.get('mA'), number) and
-                                      isinstance(attrs.get('balanced_accuracy'), dict)):
-            return f'attribute results of "{dataset}" lack "mA" and "balanced_accuracy"'
+        if attrs is not None and not (isinstance(attrs, dict) and _number(attrs.get('mA')) and
+                                      isinstance(attrs.get('balanced_accuracy'), dict) and
+                                      all(map(_number, attrs['balanced_accuracy'].values()))):
+            return (f'attribute results of "{dataset}" lack an "mA" and "balanced_accuracy" '
+                    'of fractions in [0, 1]')
     return None
+
+
+def _number(value, high=1.0):
+    """Whether ``value`` is a number (not a boolean) in ``[0, high]``; NaN is not."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        0 <= value <= high
+
+
+def check_names(runs, run_dirs):
+    """Refuses two runs of the same name: their rows could not be told apart."""
+    seen = {}
+    for run, folder in zip(runs, run_dirs):
+        if run['name'] in seen:
+            raise AlfoError(f'runs "{seen[run["name"]]}" and "{folder}" are both named '
+                            f'"{run["name"]}": their rows could not be told apart; compare '
+                            'runs whose folders (or metrics.json names) differ')
+        seen[run['name']] = folder
 
 
 def rows(runs):
@@ -257,6 +282,7 @@ def write_report(run_dirs, out_dir):
         The Markdown table (also printed by ``tools/compare.py``).
     """
     runs = [load_run(d) for d in run_dirs]
+    check_names(runs, run_dirs)
     table = rows(runs)
     os.makedirs(out_dir, exist_ok=True)
     text = markdown_table(table)

@@ -54,6 +54,7 @@ from alfo_torchreid.utils.run_folder import RunFolder
 FORMAT = 1
 META_FILE = 'index.json'
 PENDING_FILE = '.generation.json'  # the files of the generation being written
+CHECK_CHUNK = 100000  # rows checked at a time when an index is opened
 _GENERATION_FILE = re.compile(r'(features|attributes|items|ivfpq)-[0-9a-f]{8}\.(npy|csv|faiss)')
 
 
@@ -107,7 +108,8 @@ def load_index(folder):
     """Reads the index in ``folder``; features and attributes memory-mapped.
 
     Raises:
-        SearchError: no index there, or one that is damaged or of another format.
+        SearchError: no index there, or one that is damaged or of another format
+            (:func:`index_problem`), in one line naming what is wrong.
     """
     folder = osp.abspath(osp.expanduser(str(folder)))
     if not has_index(folder):
@@ -116,24 +118,62 @@ def load_index(folder):
     try:
         with open(osp.join(folder, META_FILE)) as f:
             meta = json.load(f)
-        if meta.get('format') != FORMAT:
-            raise SearchError(f'gallery index "{folder}" has format {meta.get("format")!r}; '
+        if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+            found = meta.get('format') if isinstance(meta, dict) else None
+            raise SearchError(f'gallery index "{folder}" has format {found!r}; '
                               f'this version reads format {FORMAT}: rebuild it')
         paths, stamps = _read_items(osp.join(folder, meta['files']['items']))
         arrays = [np.load(osp.join(folder, meta['files'][key]), mmap_mode='r')
                   for key in ('features', 'attributes')]
-    except (OSError, ValueError, KeyError) as exc:
+        index = GalleryIndex(folder, meta, paths, stamps, *arrays)
+        problem = index_problem(index)
+    except SearchError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise SearchError(f'gallery index "{folder}" is damaged ({exc}): rebuild it') from None
-    if not len(paths) == len(arrays[0]) == len(arrays[1]) == meta['count']:
-        raise SearchError(f'gallery index "{folder}" is damaged: {meta["count"]} items in '
-                          f'{META_FILE}, {len(paths)} paths, {len(arrays[0])} features, '
-                          f'{len(arrays[1])} attribute rows: rebuild it')
-    return GalleryIndex(folder, meta, paths, stamps, *arrays)
+    if problem:
+        raise SearchError(f'gallery index "{folder}" is damaged: {problem}: rebuild it')
+    return index
+
+
+def index_problem(index):
+    """What makes a loaded index unusable (None if nothing): arrays that are
+    not 2-D float, row counts that differ from ``index.json``'s count,
+    attribute columns that are not its schema's, values that are not finite
+    or probabilities outside [0, 1]."""
+    count, arrays = index.meta['count'], (('features', index.features),
+                                           ('attributes', index.attributes))
+    for name, array in arrays:
+        if array.ndim != 2 or array.dtype.kind != 'f':
+            return f'its {name} are a {array.ndim}-D array of {array.dtype}, expected 2-D float'
+    if not len(index.paths) == len(index.features) == len(index.attributes) == count:
+        return (f'{count} items in {META_FILE}, {len(index.paths)} paths, '
+                f'{len(index.features)} features, {len(index.attributes)} attribute rows')
+    width = sum(index.schema.num_classes)
+    if index.attributes.shape[1] != width:
+        return (f'its attributes have {index.attributes.shape[1]} columns, its schema '
+                f'{width}')
+    for name, array in arrays:
+        for start in range(0, count, CHECK_CHUNK):  # a memory-mapped gallery stays on disk
+            chunk = np.asarray(array[start:start + CHECK_CHUNK])
+            if not np.isfinite(chunk).all():
+                return f'its {name} hold NaN or infinite values'
+            if name == 'attributes' and not ((chunk >= 0) & (chunk <= 1)).all():
+                return 'its attribute probabilities are not all in [0, 1]'
+    return None
 
 
 def _read_items(path):
+    """The paths and (size, mtime_ns) stamps of an ``items-<gen>.csv``.
+
+    Raises:
+        ValueError: a row that is not ``path, size, mtime_ns`` (naming its line).
+    """
     with open(path, newline='') as f:
         rows = list(csv.reader(f))[1:]
+    for line, row in enumerate(rows, 2):
+        if len(row) != 3 or not all(v.isdigit() for v in row[1:]):
+            raise ValueError(f'"{path}" line {line} is {row!r}, expected path, size, mtime_ns')
     return [r[0] for r in rows], [(int(r[1]), int(r[2])) for r in rows]
 
 
@@ -198,8 +238,8 @@ def _update(lock, trained, paths, backend, batch_size, workers, progress):
         check_identity(old, trained)
     backend = backend or (old.backend if old is not None else default_backend(len(paths)))
     search_settings(backend, len(paths))  # refuse a backend before extracting anything
+    lock.claim()  # made, locked and cleared of stale partial files once the update goes ahead
     remove_unfinished_generation(folder, () if old is None else old.meta['files'].values())
-    lock.remove_stale_partial_files()
     stamps = {path: file_stamp(path) for path in paths}
     old_rows = {} if old is None else {path: row for row, path in enumerate(old.paths)}
     kept = sorted(old_rows[p] for p in paths

@@ -10,6 +10,7 @@ descriptions existed is read with its run's ``config.yaml`` (beside
 layout of :mod:`alfo_torchreid.evaluation.attribute_match`: features ``[N, D]`` and
 attribute probabilities ``[N, K]``.
 """
+import contextlib
 import csv
 import io
 import json
@@ -30,7 +31,7 @@ from alfo_torchreid.data.attributes import AttributeSchema
 from alfo_torchreid.evaluation.attribute_match import choices, named_predictions, split_attributes
 from alfo_torchreid.models import ALFO
 from alfo_torchreid.utils import checkpoints, compat, description
-from alfo_torchreid.utils.atomic import replacing, write_file
+from alfo_torchreid.utils.atomic import PartialFile
 from alfo_torchreid.utils.errors import CheckpointError, ConfigError, DatasetError, ImageReadError
 
 logger = logging.getLogger(__name__)
@@ -226,10 +227,15 @@ def find_images(inputs):
         if osp.isfile(item):
             found.append(item)
         elif osp.isdir(item):
-            found += sorted(osp.join(folder, name) for folder, _, names in os.walk(item)
-                            for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+            # regular files only: reading a FIFO named *.jpg would wait forever
+            found += sorted(path for path in (osp.join(folder, name)
+                                              for folder, _, names in os.walk(item)
+                                              for name in names
+                                              if name.lower().endswith(IMAGE_EXTENSIONS))
+                            if osp.isfile(path))
         else:
-            raise DatasetError(f'"{item}" is neither an image file nor a folder')
+            raise DatasetError(f'"{item}" is neither an image file nor a folder'
+                               f'{" (it does not exist)" if not osp.exists(item) else ""}')
     if not found:
         raise DatasetError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {list(map(str, inputs))}')
     return list(dict.fromkeys(found))
@@ -290,6 +296,12 @@ def predict(trained, paths, batch_size=64, workers=0, progress=None):
     Returns:
         Predictions
     """
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ConfigError(f'the batch size (--batch-size) must be an integer >= 1, got '
+                          f'{batch_size}')
+    if not (isinstance(workers, int) and workers >= 0):
+        raise ConfigError(f'the image-reading processes (--workers) must be an integer >= 0, '
+                          f'got {workers}')
     loader = torch.utils.data.DataLoader(_ImageFiles(paths, trained.transform), batch_size,
                                          num_workers=workers, collate_fn=_collate)
     show = sys.stderr.isatty() if progress is None else progress
@@ -334,8 +346,10 @@ def prediction_files(out_dir):
 
 
 def write_predictions(out_dir, predictions, schema):
-    """Writes the predictions into ``out_dir``, each file atomically; row ``i``
-    of each is the same image:
+    """Writes the predictions into ``out_dir`` as one unit: every file is
+    written in full (beside its destination) before any replaces its older
+    version, so a failure (a full disk) leaves the previous outputs as they
+    were. Row ``i`` of each file is the same image:
 
     * ``features.npy``: float32 ``[N, D]`` retrieval features;
     * ``index.csv``: ``path``, then the predicted class of every attribute and
@@ -345,23 +359,28 @@ def write_predictions(out_dir, predictions, schema):
     """
     os.makedirs(out_dir, exist_ok=True)
     named = named_predictions(predictions.attributes, schema)
-    with replacing(osp.join(out_dir, FEATURES_FILE)) as f:
-        np.save(f, predictions.features)
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator='\n')
-    names = choices(schema)
-    writer.writerow(['path', *names])
-    writer.writerows([path, *(c for c, _ in row.values())]
-                     for path, row in zip(predictions.paths, named))
-    write_file(osp.join(out_dir, INDEX_FILE), table.getvalue().encode())
-    with replacing(osp.join(out_dir, JSONL_FILE)) as f:
+    with contextlib.ExitStack() as stack:
+        files = {name: stack.enter_context(PartialFile(osp.join(out_dir, name)))
+                 for name in (FEATURES_FILE, INDEX_FILE, JSONL_FILE)}
+        np.save(files[FEATURES_FILE].file, predictions.features)
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator='\n')
+        names = choices(schema)
+        writer.writerow(['path', *names])
+        writer.writerows([path, *(c for c, _ in row.values())]
+                         for path, row in zip(predictions.paths, named))
+        files[INDEX_FILE].file.write(table.getvalue().encode())
         for path, row, probs in zip(predictions.paths, named,
                                     zip(*split_attributes(predictions.attributes, schema))):
             record = {'path': path,
                       'predicted': {n: [c, round(p, 4)] for n, (c, p) in row.items()},
                       'probabilities': {n: dict(zip(names[n], np.round(p.tolist(), 4).tolist()))
                                         for n, p in zip(schema.names, probs)}}
-            f.write((json.dumps(record) + '\n').encode())
+            files[JSONL_FILE].file.write((json.dumps(record) + '\n').encode())
+        for partial in files.values():
+            partial.sync()
+        for partial in files.values():
+            partial.replace()
 
 
 def prediction_table(predictions, schema, max_images=4):

@@ -41,6 +41,7 @@ FLAT_REFINE = 2  # FAISS's exact search returns at least this many times k, re-s
 RESCORE_CHUNK = 4096  # rows re-scored at a time (64 MB of 2048-d float64)
 FLOAT32_UNIT, FLOAT64_UNIT = 2.0 ** -24, 2.0 ** -53  # unit roundoffs
 AUTO_IVFPQ_ITEMS = 100000  # where IVF-PQ answers 10x faster than torch (benchmarks/README.md)
+MAX_ATTR_WEIGHT = 1000.0  # beyond it the attribute term alone orders the ranking
 SCALE_SAMPLE = 20000  # gallery items giving a query's median distance (all of Market's)
 
 
@@ -300,6 +301,17 @@ def allowed_items(index, where):
     return where_mask(where, torch.from_numpy(np.array(index.attributes)), index.schema).numpy()
 
 
+def check_query_settings(top, attr_weight):
+    """Refuses a ``top`` below 1 and an ``attr_weight`` outside
+    ``[0, MAX_ATTR_WEIGHT]`` (NaN, infinite, or so large that distances overflow)."""
+    if not (isinstance(top, int) and top >= 1):
+        raise SearchError(f'--top must be an integer >= 1, got {top}')
+    if not 0 <= attr_weight <= MAX_ATTR_WEIGHT:  # False for NaN
+        raise SearchError(f'--attr-weight must be a number in [0, {MAX_ATTR_WEIGHT:g}] (1 '
+                          'weighs a full attribute disagreement as the median distance), got '
+                          f'{attr_weight}')
+
+
 def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where=None,
                  attr_weight=0.0):
     """The ``top`` gallery items for one query.
@@ -311,19 +323,18 @@ def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where
         query_attributes: ``[K]`` the query's attribute probabilities.
         where: conditions of :func:`~alfo_torchreid.evaluation.attribute_match.parse_where`;
             only items whose predicted attributes meet all of them are ranked.
-        attr_weight: >= 0; above 0, items are ranked by the re-ID distance plus
-            ``attr_weight * s_q * A`` (:func:`attribute_reranked`). The nearest
-            items by re-ID distance are re-ranked, more of them until no item
-            left out could enter the top (each item's added term is >= 0), so
-            with an exact backend the result is that of re-ranking the whole
-            gallery.
+        attr_weight: in ``[0, MAX_ATTR_WEIGHT]``; above 0, items are ranked by
+            the re-ID distance plus ``attr_weight * s_q * A``
+            (:func:`attribute_reranked`). The nearest items by re-ID distance
+            are re-ranked, more of them until no item left out could enter the
+            top (each item's added term is >= 0), so with an exact backend the
+            result is that of re-ranking the whole gallery.
 
     Returns:
         list of :class:`Hit`, best first (fewer than ``top`` when fewer items
         are allowed).
     """
-    if attr_weight < 0:
-        raise SearchError(f'--attr-weight must be >= 0, got {attr_weight}')
+    check_query_settings(top, attr_weight)
     schema = index.schema
     allowed = allowed_items(index, where)
     available = len(index.paths) if allowed is None else int(allowed.sum())

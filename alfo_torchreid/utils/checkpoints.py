@@ -26,6 +26,7 @@ dataset is refused with a clear message).
   from the run's (one line saying what differs), and lets the config's
   optimizer and schedule settings override the saved ones.
 """
+import errno
 import hashlib
 import os
 import pickle
@@ -91,9 +92,19 @@ def save_training_state(state, fpath):
     try:
         atomic_save(state, fpath)
     except (OSError, RuntimeError) as exc:  # torch's zip writer raises RuntimeError
+        reason = 'the disk is full' if disk_full(exc) else ' '.join(str(exc).split())
         raise CheckpointError(
-            f'could not write checkpoint "{fpath}" ({" ".join(str(exc).split())}); the '
-            'previous file of that name, if any, is intact') from None
+            f'could not write checkpoint "{fpath}" ({reason}); the previous file of that '
+            'name, if any, is intact') from None
+
+
+def disk_full(exc):
+    """Whether ``exc``, raised by ``torch.save``, says that the disk is full:
+    an ``OSError`` ENOSPC, or torch's zip writer's RuntimeError, which says only
+    "unexpected pos" or "failed writing file" when a write came up short."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return any(text in str(exc) for text in ('unexpected pos', 'No space left on device'))
 
 
 # -- loading ----------------------------------------------------------------
@@ -307,6 +318,12 @@ def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=Non
             f'checkpoint "{fpath}" is not a training checkpoint (it has no '
             f'{" or ".join(repr(k) for k in missing)}), so there is no run to resume: to start '
             f'a new run from its weights, use model.load_weights "{fpath}"')
+    if optimizer is not None and checkpoint.get('optimizer') is None:
+        raise CheckpointError(
+            f'checkpoint "{fpath}" holds the weights alone (a snapshot written without '
+            'train.save_optimizer_in_snapshots), not the optimizer and random generators a '
+            'run continues with: resume from the run\'s model/latest.pth.tar (train.resume '
+            f'True), or start a new run from these weights with model.load_weights "{fpath}"')
     check_signature(checkpoint, fpath, num_classes, getattr(model, 'schema', None))
     try:
         model.load_state_dict(state_dict_of(checkpoint))
@@ -343,6 +360,7 @@ def _restore_optimizer(optimizer, saved, fpath):
             f'train.staged_lr and train.new_layers must be those of the saved run to resume '
             f'it. To start a new run from its weights instead, use model.load_weights '
             f'"{fpath}" with another data.save_dir')
+    _check_state_settings(groups, fresh, fpath)
     optimizer.load_state_dict(saved)
     for index, (group, config) in enumerate(zip(optimizer.param_groups, fresh)):
         for key, value in _settings(config, _OPTIMIZER_PROGRESS).items():
@@ -359,6 +377,31 @@ def _restore_optimizer(optimizer, saved, fpath):
             print(f'Resume: the config\'s learning rate {base:g} replaces the checkpoint\'s '
                   f'{saved_base:g} for parameter group {index} (now {group["lr"]:g} at this '
                   'point of the schedule)')
+
+
+def _check_state_settings(saved, fresh, fpath):
+    """Refuses settings that change which state an optimizer keeps per parameter
+    (:func:`_kept_state`): the saved state would lack what the next step reads."""
+    before, now = [_kept_state(g) for g in saved], [_kept_state(g) for g in fresh]
+    if before != now:
+        differ = sorted({k for a, b in zip(before, now) for k in a ^ b})
+        raise CheckpointError(
+            f'checkpoint "{fpath}" was saved by an optimizer that keeps other state '
+            f'({", ".join(differ)} kept by one and not the other: train.optim {{adam, amsgrad}}, '
+            'or an RMSprop momentum turned on or off): resume with the saved run\'s optimizer, '
+            f'or start a new run from its weights with model.load_weights "{fpath}" and '
+            'another data.save_dir')
+
+
+def _kept_state(group):
+    """The per-parameter state that an optimizer with the settings of ``group``
+    reads beyond the basic one: Adam's ``max_exp_avg_sq`` (amsgrad), RMSprop's
+    ``grad_avg`` (centered) and ``momentum_buffer`` (momentum > 0)."""
+    rmsprop = 'centered' in group
+    return {name for name, kept in (('max_exp_avg_sq', group.get('amsgrad')),
+                                    ('grad_avg', group.get('centered')),
+                                    ('momentum_buffer', rmsprop and group['momentum'] > 0))
+            if kept}
 
 
 def _describe(groups):

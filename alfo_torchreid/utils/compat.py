@@ -12,6 +12,7 @@
 """
 import contextlib
 import io
+import os
 
 import torchreid
 from PIL import Image
@@ -47,6 +48,8 @@ def read_image(path):
     Raises:
         ImageReadError: naming ``path``, if it is missing, truncated or not an image.
     """
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block forever
+        raise ImageReadError(f'image "{path}" is not a regular file')
     try:
         with Image.open(path) as img:
             return img.convert('RGB')

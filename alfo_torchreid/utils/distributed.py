@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from alfo_torchreid.utils.errors import ConfigError
+from alfo_torchreid.utils.errors import ConfigError, TrainingError
 
 # -- torchrun's environment --------------------------------------------------
 
@@ -74,9 +74,30 @@ def process_group(use_gpu):
     dist.init_process_group('nccl' if use_gpu else 'gloo', store=store, rank=process_rank,
                             world_size=processes)
     try:
-        yield
+        with peer_loss_as_error():
+            yield
     finally:
         dist.destroy_process_group()
+
+
+# what gloo's and NCCL's collectives say when another process of the job has died
+PEER_LOST = ('Connection reset by peer', 'Connection closed by peer', 'Broken pipe')
+
+
+@contextlib.contextmanager
+def peer_loss_as_error():
+    """Turns the error of a collective whose peer died (the other process
+    was killed; torchrun restarts the job under ``--max-restarts``) into a
+    one-line TrainingError instead of a traceback."""
+    try:
+        yield
+    except RuntimeError as exc:
+        lost = next((text for text in PEER_LOST if text in str(exc)), None)
+        if lost is None:
+            raise
+        raise TrainingError(
+            f'another process of the job ended ({lost}): this one stops too; torchrun '
+            'restarts the job from model/latest.pth.tar when --max-restarts allows') from None
 
 
 def is_initialized():

@@ -1,13 +1,13 @@
 """A run folder (``data.save_dir``) that one run owns at a time.
 
-:class:`RunFolder` creates the folder and takes an advisory ``fcntl`` lock on
-``<folder>/.lock`` for the run's lifetime (the OS releases it when the
-process ends, killed or not, so a dead run never blocks the next; a second
-run on a locked folder is refused, naming the holder's pid). Once the run has
-passed its checks, :meth:`RunFolder.remove_stale_partial_files` removes the
-hidden ``.part`` files that a run killed while saving left behind, in the
-folders a run writes. A gallery
-index folder is locked the same way.
+:class:`RunFolder` takes an advisory ``fcntl`` lock on ``<folder>/.lock`` for
+the run's lifetime (the OS releases it when the process ends, killed or not, so
+a dead run never blocks the next; a second run on a locked folder is refused,
+naming the holder's pid). Entering creates nothing; once the run has passed its
+checks, :meth:`RunFolder.claim` creates the folder, writes the pid into its
+lock and removes the hidden ``.part`` files that a process killed while saving
+left behind, in the folders a run writes. A gallery index folder is locked the
+same way.
 
 :func:`read_history` reads ``history.jsonl``, dropping a torn last line;
 :func:`restore_history` makes it end at the checkpoint a run resumes from.
@@ -36,16 +36,23 @@ class RunFolderInUse(RunFolderError):
 class RunFolder:
     """Owns ``path`` while the ``with`` block runs.
 
+    Entering creates nothing: it takes the lock of a folder that already has
+    one, so that a second process is refused at once, and leaves the lock
+    file's content alone. :meth:`claim`, once the process has passed its
+    checks and goes ahead, creates the folder, takes its lock if not yet held,
+    writes this process's pid into it and removes what interrupted saves left.
+    A run refused before :meth:`claim` leaves no folder and no lock file behind.
+
     Args:
-        path (str): the folder; made when missing.
+        path (str): the folder; made by :meth:`claim` when missing.
         kind, option, user (str): the words of the error messages: what the
             folder is, the option that names it and what uses it (a run
             folder's ``'run folder'``, ``'data.save_dir'``, ``'run'``).
 
     Attributes:
-        locked_at (float): when the lock was taken (seconds since the epoch).
+        locked_at (float): when :meth:`claim` ran (seconds since the epoch).
 
-    Raises (on entering):
+    Raises (on entering, or from :meth:`claim`):
         RunFolderError: ``path`` is empty, cannot be created or written to.
         RunFolderInUse: another process holds the lock.
     """
@@ -59,21 +66,52 @@ class RunFolder:
         self._lock = None
 
     def __enter__(self):
-        self.locked_at = time.time()
-        self._lock = self._acquire()
+        self._check_usable()
+        if osp.isfile(osp.join(self.path, LOCK)):
+            self._lock = self._acquire()
         return self
 
     def __exit__(self, *exc_info):
         # closing the descriptor releases the lock; the file stays (harmless)
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    def claim(self, subfolders=()):
+        """The process goes ahead: the folder is made and locked (if it was
+        not), the lock file names this process, and stale ``.part`` files of
+        the folder and its ``subfolders`` are removed
+        (:meth:`remove_stale_partial_files`)."""
+        self.locked_at = time.time()
+        if self._lock is None:
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except OSError as exc:
+                raise self._unusable(exc.strerror or exc) from None
+            self._lock = self._acquire()
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        self.remove_stale_partial_files(subfolders)
+        return self
+
+    def _check_usable(self):
+        """Refuses a path that is not a folder, or under a file."""
+        existing = self.path
+        while not osp.exists(existing):
+            existing = osp.dirname(existing)
+        if not osp.isdir(existing):
+            raise self._unusable(f'"{existing}" is not a folder')
+
+    def _unusable(self, reason):
+        return RunFolderError(f'cannot use "{self.path}" as the {self.kind} ({self.option}): '
+                              f'{reason}')
 
     def _acquire(self):
         try:
-            os.makedirs(self.path, exist_ok=True)
             lock = open(osp.join(self.path, LOCK), 'a+')
         except OSError as exc:
-            raise RunFolderError(f'cannot use "{self.path}" as the {self.kind} ({self.option}): '
-                                 f'{exc.strerror or exc}') from None
+            raise self._unusable(exc.strerror or exc) from None
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -83,10 +121,6 @@ class RunFolder:
             raise RunFolderInUse(
                 f'{self.kind} "{self.path}" is in use by another {self.user} (pid {holder}): '
                 f'wait for it to end, or give this {self.user} another {self.option}') from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
         return lock
 
     def remove_stale_partial_files(self, subfolders=(), before=None):
@@ -94,8 +128,8 @@ class RunFolder:
         (named as :data:`~alfo_torchreid.utils.atomic.PARTIAL_NAME`, regular files,
         nothing else) last written before ``before`` (seconds since the epoch;
         default :attr:`locked_at`): a process holding the folder writes only its
-        own, so older ones belong to a dead one. Call it holding the lock, once
-        the run has passed its checks: a refused run removes nothing.
+        own, so older ones belong to a dead one. :meth:`claim` calls it, once
+        the process has passed its checks: a refused run removes nothing.
 
         Only the folder itself and its ``subfolders`` (names or glob patterns:
         the folders the process writes into) are searched, never deeper, never
@@ -159,7 +193,7 @@ def _records(data, path):
         try:
             record = json.loads(line)
             by_epoch[int(record['epoch'])] = record
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: 1e999
             if number < len(lines):
                 raise RunFolderError(f'"{path}" line {number} is not a history record '
                                      f'({line[:60]!r}); the file is damaged') from None

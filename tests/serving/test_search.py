@@ -288,7 +288,8 @@ def test_a_second_update_of_a_locked_index_folder_names_the_holder(alfo_weights,
                                                                    tmp_path, capsys):
     from alfo_torchreid.utils.run_folder import RunFolder
     folder = tmp_path / 'index'
-    with RunFolder(folder, 'gallery index folder', '--out', 'index update'):  # the first
+    with RunFolder(folder, 'gallery index folder', '--out', 'index update') as first:
+        first.claim()
         status, _, err = run_tool('search', 'index', '--weights', alfo_weights,
                                     market_split(toy_root, 'query'), '--out', folder)
     assert status == 2 and err.strip() == (
