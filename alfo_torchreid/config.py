@@ -830,7 +830,7 @@ def alfo_model_kwargs(cfg):
 DESCRIBED_KEYS = ('model.name', 'data.height', 'data.width', 'data.norm_mean', 'data.norm_std')
 ALFO_DESCRIBED_KEYS = tuple(f'alfo.{name}' for name in (
     'last_stride', 'num_parts', 'stripe_height', 'stripe_stride', 'global_branch',
-    'local_branch', 'attr_pred', 'feature'))
+    'local_branch', 'attr_pred', 'feature', 'neck'))
 
 
 def described_settings(cfg, keys=None):

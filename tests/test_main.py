@@ -199,7 +199,7 @@ def test_an_unknown_key_names_the_nearest_known_ones(tmp_path):
         config.load_config(config_file)
     assert str(error.value) == ('unknown config key: train.max_epochs; did you mean '
                                 f'train.max_epoch? (in "{config_file}")')
-    for key, meant in (('max_epoch', 'train.max_epoch'), ('trian.lr', 'train.lr'),
+    for key, meant in (('max_epoch', 'train.max_epoch'), ('trian.lr', 'train.lr or loss.center.lr'),
                        ('batch_sizes', 'test.batch_size or train.batch_size'),
                        ('alfo.num_part', 'alfo.num_parts')):
         with pytest.raises(ConfigError, match=rf'^unknown config key: {key}; did you mean '

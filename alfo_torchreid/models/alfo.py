@@ -166,7 +166,8 @@ class ALFO(compat.ResNet):
         return {'last_stride': self.last_stride, 'num_parts': self.num_parts,
                 'stripe_height': self.stripe_height, 'stripe_stride': self.stripe_stride,
                 'global_branch': self.global_branch, 'local_branch': self.local_branch,
-                'attr_pred': self.attr_pred, 'feature': self.feature}
+                'attr_pred': self.attr_pred, 'feature': self.feature,
+                'neck': 'none' if self.neck is None else 'bnneck'}
 
     @property
     def retrieval_dim(self):

@@ -60,19 +60,30 @@ def test_total_loss_falls(trained):
     assert all(h['loss_attr'] > 0 and h['loss_id'] > 0 for h in history(save_dir))
 
 
-def test_attribute_accuracy_on_training_images_beats_majority_class(trained, toy_root):
+def true_class_log_loss(model, images, labels):
+    """Mean -log P(true class) over the known labels of ``images`` ``[N, 3, H, W]``,
+    by the model's eval-mode attribute probabilities; ``labels`` ``[N, m]``, -1 unknown."""
+    model.eval()
+    with torch.no_grad():
+        probs = model.attribute_probabilities(images)  # m tensors [N, c_j]
+    losses = [-p.gather(1, column.clamp(min=0)[:, None])[:, 0].clamp_min(1e-12).log()[column >= 0]
+              for p, column in zip(probs, labels.T)]
+    return torch.cat(losses).mean()
+
+
+def test_training_lowers_the_attribute_loss_on_the_training_images(trained, toy_root):
+    # against the same network at its initial weights (make_engine seeds them);
+    # 32 steps on 32 images: its predictions are still close to each
+    # attribute's majority class, so the test is on the probabilities
     engine, _, _ = trained
     train_eval = make_datamanager(toy_root, transforms=None).train_loader.dataset
     train_eval.transform = engine.datamanager.transform_te
     images = torch.stack([train_eval[i]['img'] for i in range(len(train_eval))])
     labels = torch.stack([train_eval[i]['attrs'] for i in range(len(train_eval))])
-    engine.model.eval()
-    with torch.no_grad():
-        predicted = engine.model.predict_attributes(images)
-    accuracy = (predicted == labels).float().mean(0)
-    majority = torch.stack([torch.bincount(col).max() / len(col) for col in labels.T])
-    # seeds 0, 1, 2 gave 0.860, 0.847, 0.919 against a majority rate of 0.819
-    assert accuracy.mean() > majority.mean() + 0.01, (accuracy.mean(), majority.mean())
+    initial = make_engine(make_datamanager(toy_root)).model
+    before = true_class_log_loss(initial, images, labels)
+    after = true_class_log_loss(engine.model, images, labels)
+    assert after < 0.75 * before  # 0.45 against 0.94 when written, (float(after), float(before))
 
 
 def test_test_prints_reid_and_attribute_results(trained):

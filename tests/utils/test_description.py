@@ -28,7 +28,7 @@ TOY_SETTINGS = {
     'data.norm_mean': [0.485, 0.456, 0.406], 'data.norm_std': [0.229, 0.224, 0.225],
     'alfo.last_stride': 1, 'alfo.num_parts': 6, 'alfo.stripe_height': 0,
     'alfo.stripe_stride': 0, 'alfo.global_branch': True, 'alfo.local_branch': True,
-    'alfo.attr_pred': 'voted', 'alfo.feature': 'global',
+    'alfo.attr_pred': 'voted', 'alfo.feature': 'global', 'alfo.neck': 'none',
 }
 
 
