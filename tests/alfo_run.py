@@ -65,16 +65,25 @@ def run_tool(name, *args, process=False, **kwargs):
     return ToolResult(status, out.getvalue(), err.getvalue())
 
 
-def refused_run(capsys, toy_root, tmp_path, *opts, config_file=CONFIG):
-    """Runs tools/main.py on ``config_file`` (the toy config) with ``opts`` in this
-    process, asserts that it was refused (status 2, one line, no run folder made)
-    and returns the line."""
-    status = load_tool('main').main(['--config-file', str(config_file), '--root', str(toy_root),
-                                     'data.save_dir', str(tmp_path / 'run'), *map(str, opts)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1, err
+def refusal(name, *args):
+    """Runs tools/<name>.py with ``args`` in this process and asserts that it
+    refused: exit status 2, stderr one line starting ``error: ``, no traceback.
+    Returns the line."""
+    status, out, err = run_tool(name, *args)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith('error: '), (
+        status, out[-2000:], err)
+    assert 'Traceback' not in out
+    return lines[0]
+
+
+def refused_run(root, tmp_path, *opts, config_file=CONFIG):
+    """tools/main.py on ``config_file`` (the toy config), the data ``root`` and
+    ``opts``: asserts a :func:`refusal` that made no run folder; returns its line."""
+    line = refusal('main', '--config-file', config_file, '--root', root,
+                   'data.save_dir', tmp_path / 'run', *opts)
     assert not (tmp_path / 'run').exists()  # refused before the run folder is made
-    return err[0]
+    return line
 
 
 def assert_same_weights(path_a, path_b):

@@ -23,7 +23,7 @@ import yaml
 
 from alfo_torchreid import config
 from alfo_torchreid.serving import gallery_index
-from alfo_run import REPO, market_split, run_tool
+from alfo_run import REPO, market_split, refusal
 
 TOY_CONFIG = REPO / 'configs' / 'alfo_toy.yaml'
 SEED = 20261129
@@ -248,25 +248,14 @@ def unchanged(earlier_run):
     assert _files(earlier_run) == before
 
 
-def _refused(tool, argv):
-    """Runs tools/<tool>.py in-process; checks exit 2, one error line, no traceback."""
-    status, out, err = run_tool(tool, *argv)
-    text = out + err
-    errors = [line for line in err.splitlines() if line.startswith('error: ')]
-    assert status == 2, text[-2000:]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
-    assert 'Traceback' not in text
-    return errors[0]
-
-
 @pytest.mark.parametrize('name, overrides, text', CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
 def test_bad_config(name, overrides, text, toy_root, unchanged, tmp_path):
     config_file = TOY_CONFIG
     if text is not None:
         config_file = tmp_path / 'bad.yaml'
         config_file.write_bytes(text.replace('{self}', 'bad.yaml').encode())
-    _refused('main', ['--config-file', config_file, '--root', toy_root,
-                    'data.save_dir', unchanged, *overrides])
+    refusal('main', '--config-file', config_file, '--root', toy_root,
+            'data.save_dir', unchanged, *overrides)
 
 
 EVERY_BAD_VALUE = [(key, value) for key in sorted(BAD_VALUES) for value in BAD_VALUES[key]]
@@ -276,8 +265,8 @@ EVERY_BAD_VALUE = [(key, value) for key in sorted(BAD_VALUES) for value in BAD_V
                          ids=[f'{k}={v}' for k, v in EVERY_BAD_VALUE])
 def test_every_bad_value_of_the_table_is_refused(key, value, toy_root, unchanged):
     # the random cases draw from the table; this runs each value once
-    _refused('main', ['--config-file', TOY_CONFIG, '--root', toy_root,
-                      'data.save_dir', unchanged, key, value])
+    refusal('main', '--config-file', TOY_CONFIG, '--root', toy_root,
+            'data.save_dir', unchanged, key, value)
 
 
 @pytest.mark.parametrize('name, mutate', TREE_CASES, ids=[c[0] for c in TREE_CASES])
@@ -285,15 +274,15 @@ def test_bad_tree(name, mutate, toy_root, unchanged, tmp_path):
     root = tmp_path / 'data'
     shutil.copytree(toy_root / 'market1501', root / 'market1501')
     mutate(root)
-    _refused('main', ['--config-file', TOY_CONFIG, '--root', root, 'data.save_dir', unchanged])
+    refusal('main', '--config-file', TOY_CONFIG, '--root', root, 'data.save_dir', unchanged)
 
 
 @pytest.mark.parametrize('name, key, content', FILE_CASES, ids=[c[0] for c in FILE_CASES])
 def test_bad_file(name, key, content, toy_root, unchanged, tmp_path):
     path = tmp_path / 'damaged.pth'
     path.write_bytes(content)
-    line = _refused('main', ['--config-file', TOY_CONFIG, '--root', toy_root,
-                           'data.save_dir', unchanged, key, path])
+    line = refusal('main', '--config-file', TOY_CONFIG, '--root', toy_root,
+                   'data.save_dir', unchanged, key, path)
     assert str(path) in line
 
 
@@ -301,7 +290,7 @@ def test_bad_file(name, key, content, toy_root, unchanged, tmp_path):
 def test_bad_metrics_file(name, content, tmp_path):
     (tmp_path / 'run').mkdir()
     (tmp_path / 'run' / 'metrics.json').write_bytes(content)
-    line = _refused('compare', [tmp_path / 'run', '--out', tmp_path / 'report'])
+    line = refusal('compare', tmp_path / 'run', '--out', tmp_path / 'report')
     assert 'metrics.json' in line
     assert not (tmp_path / 'report').exists()
 
@@ -312,7 +301,7 @@ def test_an_unwritable_report_folder_is_one_line(tmp_path):
         {'model': 'alfo', 'params': 1, 'gflops': 1.0, 'results': {'m': {'mAP': 0.5,
                                                                      'cmc': [0.5]}}}))
     (tmp_path / 'a_file').write_text('')
-    line = _refused('compare', [tmp_path / 'run', '--out', tmp_path / 'a_file' / 'report'])
+    line = refusal('compare', tmp_path / 'run', '--out', tmp_path / 'a_file' / 'report')
     assert 'a_file' in line
 
 
@@ -586,7 +575,7 @@ TOOL_CASES = (predict_cases(RNG, 14) + export_cases(RNG, 10) + index_cases(RNG, 
 def test_bad_tool_input(name, tool, build, earlier, tmp_path):
     env = Earlier(earlier.folder, earlier.toy_root, tmp_path)
     before = _state(env.folder)
-    _refused(tool, build(env))
+    refusal(tool, *build(env))
     assert _state(env.folder) == before
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchreid
-from alfo_run import CONFIG, REPO, load_tool, market_split, refused_run, run_tool
+from alfo_run import CONFIG, REPO, load_tool, market_split, refusal, refused_run, run_tool
 
 from alfo_torchreid import config, reproduce
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
@@ -21,14 +21,6 @@ from alfo_torchreid.serving import gallery_index, inference
 from alfo_torchreid.utils import atomic, checkpoints, distributed
 from alfo_torchreid.utils.errors import AlfoError, CheckpointError, TrainingError
 from alfo_torchreid.utils.run_folder import read_history
-
-def one_error(capsys, name, *args):
-    """Runs a tool that must refuse: exit 2, one ``error:`` line (returned)."""
-    status, out, err = run_tool(name, *args)
-    err = err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and err[0].startswith('error: '), (out, err)
-    return err[0]
-
 
 @contextlib.contextmanager
 def fifo(path):
@@ -66,19 +58,18 @@ def fifo(path):
     ('x: ' + '[' * 2000 + ']' * 2000 + '\n', 'the YAML is nested more than 16 levels deep'),
     ('x: ' + '{a: ' * 40 + '1' + '}' * 40 + '\n', 'the YAML is nested more than 16 levels deep'),
 ])
-def test_a_config_file_yaml_cannot_mean_plainly_is_refused(text, expected, toy_root, tmp_path,
-                                                          capsys):
+def test_a_config_file_yaml_cannot_mean_plainly_is_refused(text, expected, toy_root, tmp_path):
     path = tmp_path / 'configs' / 'bad.yaml'
     path.parent.mkdir()
     shutil.copy(CONFIG, path.parent / 'alfo_toy.yaml')
     path.write_text(text)
-    line = refused_run(capsys, toy_root, tmp_path, config_file=path)
+    line = refused_run(toy_root, tmp_path, config_file=path)
     assert expected in line and str(path) in line, line
 
 
-def test_a_fifo_as_config_file_is_refused_without_reading_it(toy_root, tmp_path, capsys):
+def test_a_fifo_as_config_file_is_refused_without_reading_it(toy_root, tmp_path):
     with fifo(tmp_path / 'config.yaml') as path:
-        line = refused_run(capsys, toy_root, tmp_path, config_file=path)
+        line = refused_run(toy_root, tmp_path, config_file=path)
     assert line == f'error: config file "{path}" is not a regular file'
 
 
@@ -96,9 +87,9 @@ def test_a_fifo_as_config_file_is_refused_without_reading_it(toy_root, tmp_path,
                                  "['market1501_attr'] gives (32 images"),
 ])
 def test_a_value_that_used_to_crash_or_train_nothing_is_refused(opts, expected, toy_root,
-                                                                tmp_path, capsys):
+                                                                tmp_path):
     # refused_run also checks that the refused run made no folder
-    line = refused_run(capsys, toy_root, tmp_path, *opts)
+    line = refused_run(toy_root, tmp_path, *opts)
     assert expected in line, line
 
 
@@ -122,11 +113,11 @@ def test_an_infinite_epoch_in_the_history_is_a_damaged_line(tmp_path):
 # -- weights ----------------------------------------------------------------------
 
 def test_alfo_evaluated_with_a_pcb_checkpoint_names_the_layers_left_unloaded(toy_root,
-                                                                             tmp_path, capsys):
+                                                                             tmp_path):
     weights = tmp_path / 'pcb.pth'
     pcb = torchreid.models.build_model('pcb_p6', 8, pretrained=False)
     torch.save({'state_dict': pcb.state_dict(), 'epoch': 1}, weights)
-    line = refused_run(capsys, toy_root, tmp_path, 'test.evaluate', 'True',
+    line = refused_run(toy_root, tmp_path, 'test.evaluate', 'True',
                        'model.load_weights', weights)
     assert (f'checkpoint "{weights}" leaves 3 of the alfo model\'s tensors unloaded '
             '(vote_counts, attribute_heads.weight, attribute_heads.bias)') in line, line
@@ -183,8 +174,8 @@ def _query(toy_root):
     ('--attr-weight', '1e308', '--attr-weight must be a number in [0, 1000]'),
 ])
 def test_search_refuses_a_top_or_attribute_weight_it_cannot_rank_with(
-        option, value, expected, small_index, toy_root, tmp_path, capsys):
-    line = one_error(capsys, 'search', 'query', small_index.folder, _query(toy_root),
+        option, value, expected, small_index, toy_root, tmp_path):
+    line = refusal('search', 'query', small_index.folder, _query(toy_root),
                      '--out', tmp_path / 'grid.png', option, value)
     assert expected in line
     assert not list(tmp_path.iterdir())
@@ -231,12 +222,12 @@ DAMAGED_INDEXES = {
 
 @pytest.mark.parametrize('damage', sorted(DAMAGED_INDEXES))
 def test_a_damaged_index_is_one_line_naming_what_is_wrong(damage, small_index, toy_root,
-                                                          tmp_path, capsys):
+                                                          tmp_path):
     folder = tmp_path / 'index'
     shutil.copytree(small_index.folder, folder)
     mutate, expected = DAMAGED_INDEXES[damage]
     mutate(folder, gallery_index.load_index(small_index.folder))
-    line = one_error(capsys, 'search', 'query', folder, _query(toy_root),
+    line = refusal('search', 'query', folder, _query(toy_root),
                      '--out', tmp_path / 'grid.png')
     assert line.startswith(f'error: gallery index "{folder}" is damaged') and expected in line, \
         line
@@ -249,15 +240,14 @@ def test_a_damaged_index_is_one_line_naming_what_is_wrong(damage, small_index, t
 ])
 def test_predict_refuses_a_batch_size_or_workers_it_cannot_use(option, value, expected,
                                                                alfo_weights, toy_root,
-                                                               tmp_path, capsys):
-    line = one_error(capsys, 'predict', _query(toy_root), '--weights', alfo_weights,
+                                                               tmp_path):
+    line = refusal('predict', _query(toy_root), '--weights', alfo_weights,
                      '--out', tmp_path / 'out', option, value)
     assert expected in line
     assert not (tmp_path / 'out').exists()
 
 
-def test_a_fifo_named_like_an_image_is_not_read(alfo_weights, trained_alfo, toy_root, tmp_path,
-                                                capsys):
+def test_a_fifo_named_like_an_image_is_not_read(alfo_weights, trained_alfo, toy_root, tmp_path):
     photos = tmp_path / 'photos'
     photos.mkdir()
     shutil.copy(_query(toy_root), photos / 'a.jpg')
@@ -310,16 +300,16 @@ def _metrics(folder, **changes):
     ({'results': {'m': {'mAP': 0.5, 'cmc': [0.5], 'attributes': {
         'mA': 0.5, 'balanced_accuracy': {'gender': 'high'}}}}}, '"balanced_accuracy" of'),
 ])
-def test_compare_refuses_metrics_that_are_not_fractions(changes, expected, tmp_path, capsys):
+def test_compare_refuses_metrics_that_are_not_fractions(changes, expected, tmp_path):
     run = _metrics(tmp_path / 'run', **changes)
-    line = one_error(capsys, 'compare', run, '--out', tmp_path / 'report')
+    line = refusal('compare', run, '--out', tmp_path / 'report')
     assert f'"{run / "metrics.json"}" is not a metrics file' in line and expected in line, line
     assert not (tmp_path / 'report').exists()
 
 
-def test_compare_refuses_two_runs_of_one_name(tmp_path, capsys):
+def test_compare_refuses_two_runs_of_one_name(tmp_path):
     runs = [_metrics(tmp_path / seed / 'seed1') for seed in ('a', 'b')]
-    line = one_error(capsys, 'compare', *runs, '--out', tmp_path / 'report')
+    line = refusal('compare', *runs, '--out', tmp_path / 'report')
     assert line == (f'error: runs "{runs[0]}" and "{runs[1]}" are both named "seed1": their rows '
                     'could not be told apart; compare runs whose folders (or metrics.json '
                     'names) differ')
@@ -344,11 +334,11 @@ def test_reproduce_refuses_metrics_of_another_row(row, model, attributes, expect
         reproduce.run_results(run, 'market1501_attr', config.load_config(run.config_file))
 
 
-def test_reproduce_refuses_a_torn_record_of_configs(toy_root, tmp_path, capsys):
+def test_reproduce_refuses_a_torn_record_of_configs(toy_root, tmp_path):
     out = tmp_path / 'repro'
     out.mkdir()
     (out / 'configs.json').write_text('{"alfo/seed1": {"model.na')
-    line = one_error(capsys, 'reproduce', '--dataset', 'market1501', '--quick', '--root',
+    line = refusal('reproduce', '--dataset', 'market1501', '--quick', '--root',
                      toy_root, '--out', out)
     assert line.startswith(f'error: "{out / "configs.json"}", the record of the configs of the '
                            f'runs in "{out}", is damaged'), line

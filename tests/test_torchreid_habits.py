@@ -97,16 +97,16 @@ def test_a_torchreid_baseline_with_triplet_trains_with_both_losses(toy_root, ide
                                'every batch: set sampler.train_sampler RandomIdentitySampler'),
     (['model.name', 'resnet5o'], "model.name 'resnet5o' is not a torchreid or ALFO model"),
 ])
-def test_a_loss_or_model_that_cannot_train_is_one_line(capsys, toy_root, tmp_path, opts,
+def test_a_loss_or_model_that_cannot_train_is_one_line(toy_root, tmp_path, opts,
                                                        expected):
-    assert expected in refused_run(capsys, toy_root, tmp_path, *opts)
+    assert expected in refused_run(toy_root, tmp_path, *opts)
 
 
-def test_an_override_before_a_flag_names_the_command_line(capsys, toy_root, tmp_path):
-    line = refused_run(capsys, toy_root, tmp_path, 'test.evaluate', 'True', '-t', 'x')
+def test_an_override_before_a_flag_names_the_command_line(toy_root, tmp_path):
+    line = refused_run(toy_root, tmp_path, 'test.evaluate', 'True', '-t', 'x')
     assert line.startswith('error: "-t" on the command line comes after the KEY VALUE '
                            'overrides; flags go first: tools/main.py --config-file FILE')
-    line = refused_run(capsys, toy_root, tmp_path, 'alfo.nope', '1')
+    line = refused_run(toy_root, tmp_path, 'alfo.nope', '1')
     assert line == 'error: unknown config key: alfo.nope (in the command line)'
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torchreid
 import yaml
-from alfo_run import REPO, history_without_times, load_tool, market_split, run_tool
+from alfo_run import REPO, history_without_times, load_tool, market_split, refused_run, run_tool
 from test_schema_file import mutations
 
 from alfo_torchreid import config
@@ -434,17 +434,6 @@ def fuzzed(rng, rows):
     return rows
 
 
-def refused_line(root, save_dir):
-    """tools/main.py on configs/alfo_custom.yaml and ``root``: asserts exit status 2,
-    one error line, no traceback, nothing written; returns the line."""
-    status, out, err = run_tool('main', '--config-file', CUSTOM_CONFIG, '--root', root, *TINY,
-                                'data.save_dir', save_dir)
-    errors = [line for line in err.splitlines() if line.startswith('error: ')]
-    assert status == 2 and len(errors) == 1 and 'Traceback' not in out + err, err
-    assert not save_dir.exists()  # refused before the run folder is made
-    return errors[0]
-
-
 @pytest.mark.parametrize('seed', range(24))
 def test_fuzzed_manifests_end_tools_main_in_one_line(seed, custom_root, tmp_path):
     root = tmp_path / 'data'
@@ -452,7 +441,7 @@ def test_fuzzed_manifests_end_tools_main_in_one_line(seed, custom_root, tmp_path
     shutil.copy(custom_root / 'schema.yaml', root)
     rows = absolute(with_labels(manifest_rows(custom_root)), custom_root)
     write_csv(root / 'manifest.csv', fuzzed(random.Random(seed), rows))
-    assert 'manifest.csv' in refused_line(root, tmp_path / 'run')
+    assert 'manifest.csv' in refused_run(root, tmp_path, *TINY, config_file=CUSTOM_CONFIG)
 
 
 @pytest.mark.parametrize('seed', range(12))
@@ -463,4 +452,4 @@ def test_fuzzed_schema_files_end_tools_main_in_one_line(seed, custom_root, tmp_p
     write_csv(root / 'manifest.csv', absolute(manifest_rows(custom_root), custom_root))
     what, content = mutations(random.Random(seed), SCHEMA)
     (root / 'schema.yaml').write_text(yaml.safe_dump(content))
-    assert 'schema.yaml' in refused_line(root, tmp_path / 'run'), what
+    assert 'schema.yaml' in refused_run(root, tmp_path, *TINY, config_file=CUSTOM_CONFIG), what

@@ -144,13 +144,13 @@ def test_the_run_puts_the_model_in_the_configured_memory_format(setup, toy_root,
      "error: train.amp bf16 is for ALFO models, whose engine computes the loss in fp32; "
      "torchreid's engine trains pcb_p6 in fp32: set train.amp off"),
 ])
-def test_a_precision_the_run_cannot_use_is_one_line(opts, message, toy_root, tmp_path, capsys):
-    assert refused_run(capsys, toy_root, tmp_path, 'use_gpu', 'False', *opts) == message
+def test_a_precision_the_run_cannot_use_is_one_line(opts, message, toy_root, tmp_path):
+    assert refused_run(toy_root, tmp_path, 'use_gpu', 'False', *opts) == message
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='a check for machines without CUDA')
-def test_use_gpu_without_a_gpu_is_one_line(toy_root, tmp_path, capsys):
-    assert refused_run(capsys, toy_root, tmp_path, 'use_gpu', 'True') == (
+def test_use_gpu_without_a_gpu_is_one_line(toy_root, tmp_path):
+    assert refused_run(toy_root, tmp_path, 'use_gpu', 'True') == (
         'error: use_gpu True needs a CUDA device and torch sees none (torch.cuda.is_available() '
         'is False): set use_gpu False, or leave it out (it defaults to whether a GPU is visible)')
 

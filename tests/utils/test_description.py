@@ -70,7 +70,7 @@ def test_every_checkpoint_carries_the_models_description(main_run, python_run):
 
 
 def test_evaluation_takes_the_checkpoints_input_size_and_downloads_nothing(
-        main_run, toy_root, tmp_path, monkeypatch, capsys):
+        main_run, toy_root, tmp_path, monkeypatch):
     def no_download(source, progress=True):
         raise AssertionError(f'tried to download {source.url}')
 
@@ -91,10 +91,9 @@ def test_evaluation_takes_the_checkpoints_input_size_and_downloads_nothing(
     assert '"input_size": [\n  128,\n  64\n ]' in (folder / 'metrics.json').read_text()
 
 
-def test_training_from_weights_with_other_settings_is_refused(main_run, toy_root, tmp_path,
-                                                              capsys):
+def test_training_from_weights_with_other_settings_is_refused(main_run, toy_root, tmp_path):
     checkpoint = main_run / 'model' / 'model.pth.tar-1'
-    line = refused_run(capsys, toy_root, tmp_path, 'model.load_weights', str(checkpoint),
+    line = refused_run(toy_root, tmp_path, 'model.load_weights', str(checkpoint),
                        'alfo.num_parts', '4')
     assert line == (f'error: model.load_weights "{checkpoint}" was trained with other settings '
                     "than the config's: alfo.num_parts 6 (config: 4); set them as the "
@@ -102,8 +101,7 @@ def test_training_from_weights_with_other_settings_is_refused(main_run, toy_root
                     f'model.pretrained "{checkpoint}"')
 
 
-def test_predict_refuses_a_config_that_disagrees_naming_the_key(main_run, toy_root, tmp_path,
-                                                               capsys):
+def test_predict_refuses_a_config_that_disagrees_naming_the_key(main_run, toy_root, tmp_path):
     cfg = config.load_config(main_run / 'config.yaml', ['data.height', '256'])
     other = tmp_path / 'other.yaml'
     other.write_text(cfg.dump())
@@ -117,7 +115,7 @@ def test_predict_refuses_a_config_that_disagrees_naming_the_key(main_run, toy_ro
     assert not (tmp_path / 'out').exists()
 
 
-def predicted_features(capsys, checkpoint, images, out, *args):
+def predicted_features(checkpoint, images, out, *args):
     """tools/predict.py's features of ``images``, checked against the
     checkpoint's model on 128x64 inputs computed here."""
     status, _, err = run_tool('predict', '--weights', checkpoint, images, '--out', out, *args)
@@ -128,21 +126,19 @@ def predicted_features(capsys, checkpoint, images, out, *args):
     np.testing.assert_allclose(features[:2], expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_predict_needs_no_config_beside_a_described_checkpoint(main_run, toy_root, tmp_path,
-                                                              capsys):
+def test_predict_needs_no_config_beside_a_described_checkpoint(main_run, toy_root, tmp_path):
     alone = tmp_path / 'elsewhere' / 'weights.pth.tar'
     alone.parent.mkdir()
     shutil.copy(main_run / 'model' / 'model.pth.tar-1', alone)
-    predicted_features(capsys, alone, market_split(toy_root, 'query'), tmp_path / 'out')
+    predicted_features(alone, market_split(toy_root, 'query'), tmp_path / 'out')
 
 
-def test_a_run_from_python_writes_a_config_that_predict_accepts(python_run, toy_root, tmp_path,
-                                                               capsys):
+def test_a_run_from_python_writes_a_config_that_predict_accepts(python_run, toy_root, tmp_path):
     cfg = config.load_config(python_run / 'config.yaml')
     assert config.described_settings(cfg) == TOY_SETTINGS
     assert list(cfg.data.sources) == ['market1501_attr'] and cfg.train.max_epoch == 1
     assert cfg.data.save_dir == str(python_run)
-    predicted_features(capsys, python_run / 'model' / 'model.pth.tar-1',
+    predicted_features(python_run / 'model' / 'model.pth.tar-1',
                        market_split(toy_root, 'query'), tmp_path / 'out',
                        '--config', python_run / 'config.yaml')
 
