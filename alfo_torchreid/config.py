@@ -20,14 +20,15 @@ from yacs.config import CfgNode as CN
 
 from alfo_torchreid.data.samplers import DISTRIBUTED_SAMPLERS
 from alfo_torchreid.losses import ATTR_REDUCTIONS, VOTE_MODES
+from alfo_torchreid.models.neck import NECKS
 from alfo_torchreid.utils import compat, distributed
 from alfo_torchreid.utils.errors import ConfigError
+from alfo_torchreid.utils.yaml_keys import UniqueKeyLoader
 
 ATTR_PRED_MODES = ('voted', 'mean')
 AMP_MODES = ('off', 'bf16', 'fp16')  # train.amp (alfo_torchreid.engine.precision)
 CHANNELS_LAST_MODES = ('auto', 'on', 'off')  # train.channels_last
 FEATURE_MODES = ('global', 'local', 'global+local')
-NECKS = ('none', 'bnneck')  # alfo.neck (alfo_torchreid.models.neck.NECKS)
 EVALUATORS = ('alfo', 'torchreid')
 LOSSES = ('softmax', 'triplet')
 # torchreid's own lists (optim.AVAI_OPTIMS, AVAI_SCH, data.sampler.AVAI_SAMPLERS,
@@ -370,11 +371,12 @@ def merge_config_file(cfg, config_file, _chain=()):
 MAX_DEPTH = 16  # nesting of a config file (the default tree has 3 levels)
 
 
-class ConfigLoader(yaml.SafeLoader):
+class ConfigLoader(UniqueKeyLoader):
     """YAML's safe loader, stricter for config files: a key given twice in
     one mapping (a second ``train:`` section would silently replace the
-    first), anchors and aliases, tags (``!!python/...``) and nesting deeper
-    than :data:`MAX_DEPTH` are refused with a ConfigError naming the line."""
+    first; :class:`UniqueKeyLoader`), anchors and aliases, tags
+    (``!!python/...``) and nesting deeper than :data:`MAX_DEPTH` are refused
+    with an error naming the line."""
 
     def compose_node(self, parent, index):
         event = self.peek_event()
@@ -391,17 +393,6 @@ class ConfigLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
-
-    def construct_mapping(self, node, deep=False):
-        first = {}
-        for key, _ in node.value:
-            line = key.start_mark.line + 1
-            if isinstance(key, yaml.ScalarNode) and key.value in first:
-                raise ConfigError(f'line {line}: key "{key.value}" is given twice in one '
-                                  f'mapping (first on line {first[key.value]}); the second '
-                                  'would silently replace the first: merge them')
-            first.setdefault(getattr(key, 'value', None), line)
-        return super().construct_mapping(node, deep)
 
     def construct_undefined(self, node):
         tag = node.tag.replace('tag:yaml.org,2002:', '!!')
@@ -604,6 +595,10 @@ def check_config(cfg):
         raise ConfigError(f'loss.center.weight {cfg.loss.center.weight} needs loss.name triplet: '
                           'the center loss reads the feature the triplet loss reads (before '
                           'the neck), as in BoT')
+    if a.neck != 'none' and not is_alfo(cfg):
+        raise ConfigError(f'alfo.neck {a.neck} is for ALFO models; model.name {cfg.model.name} '
+                          'would ignore it: for the strong baseline use model.name '
+                          'resnet50_bnneck (always with a BNNeck), or leave alfo.neck none')
     if a.neck != 'none' and not a.global_branch and is_alfo(cfg):
         raise ConfigError(f'alfo.neck {a.neck} needs alfo.global_branch True: the neck sits '
                           'between the global pool and the identity classifier')
@@ -783,7 +778,6 @@ def scheduler_kwargs(cfg):
 RUN_KEYS = {
     'save_dir': 'data.save_dir',
     'max_epoch': 'train.max_epoch',
-    'start_epoch': 'train.start_epoch',
     'fixbase_epoch': 'train.fixbase_epoch',
     'open_layers': 'train.open_layers',
     'start_eval': 'test.start_eval',
@@ -835,9 +829,21 @@ ALFO_DESCRIBED_KEYS = tuple(f'alfo.{name}' for name in (
 
 def described_settings(cfg, keys=None):
     """``{config key: value}`` of ``keys`` that ``cfg`` has (default: those a
-    description of ``cfg``'s model holds)."""
+    description of ``cfg``'s model holds). Only described keys are taken: a
+    checkpoint whose description names another (``data.save_dir``, say) gets
+    it neither compared nor adopted."""
     keys = keys or DESCRIBED_KEYS + (ALFO_DESCRIBED_KEYS if is_alfo(cfg) else ())
-    return {key: lookup(cfg, key) for key in keys if _has(cfg, key)}
+    return {key: lookup(cfg, key) for key in keys if _describable(key) and _has(cfg, key)}
+
+
+def described_only(settings):
+    """The entries of a checkpoint description's ``settings`` that are
+    described keys: the ones a tool adopts."""
+    return {key: value for key, value in settings.items() if _describable(key)}
+
+
+def _describable(key):
+    return key in DESCRIBED_KEYS + ALFO_DESCRIBED_KEYS
 
 
 def _has(cfg, key):

@@ -235,7 +235,7 @@ class ALFOLossOutput(NamedTuple):
     ``attr_reduction``) over the attributes (None without the local branch).
     per_attribute: ``[m]`` voted loss of each attribute. winners: ``[m]`` winning
     stripe of each attribute (-1: no vote), for ``ALFO.record_votes``.
-    triplet: hard triplet loss of the retrieval features (None when off).
+    triplet: hard triplet loss of ``outputs.features`` (None when off).
     """
     total: torch.Tensor
     id: Optional[torch.Tensor]
@@ -262,8 +262,10 @@ class ALFOLoss(nn.Module):
         widths: logits per attribute (:func:`attribute_logit_widths`).
         id_weight: lambda. attr_weight: w.
         attr_reduction: ``'sum'`` (the paper) or ``'mean'`` (APR) over attributes.
-        triplet_weight: weight of torchreid's hard-mining ``TripletLoss`` on the
-            retrieval features (``loss.name triplet``); 0 leaves it out.
+        triplet_weight: weight of torchreid's hard-mining ``TripletLoss`` on
+            ``ALFOOutputs.features`` (``loss.name triplet``): the retrieval
+            feature read before the neck, so with ``neck='bnneck'`` the global
+            feature before the BNNeck (retrieval uses it after); 0 leaves it out.
         margin: its margin.
         alpha, gamma: focal loss parameters.
         focal: False for the "no focal loss" ablation: gamma = 0, alpha = 0.5,

@@ -86,7 +86,6 @@ TABLES = (
     ('comparison', 'Comparison (the paper\'s Table 2; ResNet-50 from torchreid\'s model zoo)',
      ('alfo', 'pcb', 'resnet50')),
 )
-RUN_ORDER = tuple(dict.fromkeys(name for _, _, names in TABLES for name in names))
 
 # tools/reproduce.py --table strong: ALFO on the strong baseline (docs/method.md)
 STRONG_CONFIGS = {
@@ -218,7 +217,7 @@ def check_arguments(dataset, seeds, opts, table='paper'):
 
 def plan(dataset, out, seeds=(1,), quick=False, root='', opts=(), table='paper'):
     """The runs of the reproduction, in the order they run (the table set's
-    rows, :data:`RUN_ORDER` for the paper's, seed by seed)."""
+    rows, :attr:`TableSet.run_order`, seed by seed)."""
     tables = TABLE_SETS[table]
     configs = tables.configs['quick' if quick else dataset]
     common = (*(QUICK_OVERRIDES if quick else ()), *opts,

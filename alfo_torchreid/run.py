@@ -46,7 +46,8 @@ from alfo_torchreid.utils import checkpoints, compat, description, distributed, 
 from alfo_torchreid.utils.atomic import write_file
 from alfo_torchreid.utils.errors import (CheckpointError, ConfigError, DatasetError,
                                          RunFolderError)
-from alfo_torchreid.utils.run_folder import RunFolder, read_history, restore_history
+from alfo_torchreid.utils.run_folder import (RunFolder, read_history, restore_history,
+                                              resumed_history)
 
 METRICS = 'metrics.json'
 # the subfolders a run writes into: checkpoints, test.visrank's ranked lists
@@ -223,6 +224,13 @@ def _run(cfg, log, folder, verbose=False):
     started = time.monotonic()
     if cfg.test.evaluate:
         refuse_finished_evaluation(cfg.data.save_dir)
+    elif cfg.train.start_epoch:
+        # refused here, not in check_config: config.yaml files of earlier versions
+        # hold a resumed run's start epoch, and the tools still read them
+        raise ConfigError(
+            f'train.start_epoch {cfg.train.start_epoch}: a run starts at epoch 0, or where the '
+            'checkpoint it resumes ended; to continue a run, resume it with train.resume True '
+            '(its model/latest.pth.tar) or model.resume <checkpoint>, and set train.start_epoch 0')
     if distributed.is_initialized():
         print(distributed.job_line(cfg.train.batch_size))
     with log.log_only(not verbose):
@@ -240,7 +248,7 @@ def _run(cfg, log, folder, verbose=False):
     scheduler = schedule.build_scheduler(optimizer, **config.scheduler_kwargs(cfg))
     mixed = precision.MixedPrecision(cfg.train.amp, cfg.use_gpu)
     center = build_center_term(cfg, unwrap(model), datamanager.num_train_pids)
-    final_test_only = False
+    final_test_only, start_epoch, resumed = False, 0, None
     if not cfg.test.evaluate:
         start_epoch, resumed_from, resumed = resume(cfg, model, datamanager.num_train_pids,
                                                     optimizer, scheduler, mixed, center)
@@ -258,14 +266,15 @@ def _run(cfg, log, folder, verbose=False):
         elif resumed_from:
             log.headline(f'Resumed from "{resumed_from}": continuing at epoch {start_epoch + 1} '
                          f'of {cfg.train.max_epoch}')
-        cfg.defrost()
-        cfg.train.start_epoch = start_epoch
+    history = None
+    if distributed.is_main_process() and resumed is not None:
+        # read before the folder is claimed: a damaged history is refused unchanged
+        history = resumed_history(cfg.data.save_dir, start_epoch, resumed.get('history'))
 
     # from here on the run writes into its folder (the main process does)
     if distributed.is_main_process():
         folder.claim(RUN_SUBFOLDERS)
-        if not cfg.test.evaluate and resumed is not None:
-            restore_history(cfg.data.save_dir, start_epoch, resumed.get('history'))
+        restore_history(cfg.data.save_dir, history)
         log.open(osp.join(cfg.data.save_dir, 'test.log' if cfg.test.evaluate else 'train.log'))
         if not final_test_only:
             write_file(osp.join(cfg.data.save_dir, 'config.yaml'), cfg.dump().encode())
@@ -274,7 +283,8 @@ def _run(cfg, log, folder, verbose=False):
         # results, TensorBoard and (after torchreid's final test, when its loop
         # has no epoch left to train) the final snapshot name the epoch tested
         engine.epoch = max((trained_epoch if cfg.test.evaluate else start_epoch) - 1, 0)
-    engine.run(**config.engine_run_kwargs(cfg), test_only=cfg.test.evaluate)
+    engine.run(**config.engine_run_kwargs(cfg), start_epoch=start_epoch,
+               test_only=cfg.test.evaluate)
     if distributed.is_main_process():
         metrics = save_metrics(cfg, engine,
                                trained_epoch if cfg.test.evaluate else cfg.train.max_epoch)
@@ -491,12 +501,14 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None, center=Non
     """Restores the run to continue, if any.
 
     ``model.resume`` names a checkpoint; ``train.resume`` continues the run
-    folder's ``model/latest.pth.tar``, as does a job that torchrun restarted
-    (its command line is the first one's). Without either, a folder that already
+    folder's ``model/latest.pth.tar``, as does a job that torchrun restarted,
+    ``model.resume`` or not (its command line is the first attempt's: its
+    ``model.resume`` is where that attempt started, ``latest.pth.tar`` where it
+    stopped). Without either, a folder that already
     holds a run is refused, so a new run never mixes its files with an older one's.
     Under torchrun every process loads the same checkpoint. Nothing is
-    written: the caller restores the folder's history (:func:`restore_history`)
-    once the run goes ahead.
+    written: the caller restores the folder's history (:func:`resumed_history`,
+    :func:`restore_history`) once the run goes ahead.
 
     Args:
         mixed: the run's :class:`alfo_torchreid.engine.precision.MixedPrecision`
@@ -513,7 +525,7 @@ def resume(cfg, model, num_classes, optimizer, scheduler, mixed=None, center=Non
     """
     path = cfg.model.resume
     latest = osp.join(cfg.data.save_dir, 'model', checkpoints.LATEST)
-    if not path and (cfg.train.resume or distributed.restarted()) and osp.isfile(latest):
+    if osp.isfile(latest) and (distributed.restarted() or (cfg.train.resume and not path)):
         path = latest
     if not path:
         previous = [f for f in ('model/' + checkpoints.LATEST, METRICS, 'history.jsonl')
@@ -582,7 +594,10 @@ def save_metrics(cfg, engine, epochs):
         'params': int(num_params),
         'gflops': flops / 1e9,
         'train_time_per_epoch': sum(times) / len(times) if times else None,
-        'results': engine.results,
+        # each test's epoch: that of the weights, also where the engine's epoch
+        # counter cannot say it (0 for pretrained or zoo weights)
+        'results': {target: dict(result, epoch=epochs)
+                    for target, result in engine.results.items()},
         'written': time.strftime('%Y-%m-%d %H:%M:%S'),
     }
     path = osp.join(cfg.data.save_dir, METRICS)

@@ -1,5 +1,6 @@
 """tools/main.py that stops at a known point of training, so that a test can
-signal a run there instead of guessing when it gets there.
+signal a run there instead of guessing when it gets there. SIGINT raises
+KeyboardInterrupt as in a foreground run, however the tests were started.
 
 With ``TEST_PAUSE_AFTER_EPOCH=N`` the run writes the file named by
 ``TEST_PAUSED_FILE`` once epoch N's checkpoint and history line are on disk,
@@ -32,5 +33,8 @@ def command(*args):
 
 
 if __name__ == '__main__':
+    # A test suite started as a background job (`make test &`) passes SIGINT
+    # on ignored, and Python keeps it ignored; Ctrl-C reaches a foreground run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     engine_module.ResumableEngineMixin.train = train_then_pause
     sys.exit(runpy.run_path(str(REPO / 'tools' / 'main.py'))['main'](sys.argv[1:]))

@@ -123,6 +123,14 @@ def test_eval_only_reproduces_the_final_test_in_its_own_folder(runs, evaluation)
     assert 'evaluate: false' in (run / 'config.yaml').read_text()
 
 
+def test_an_evaluation_of_untrained_weights_names_epoch_0(toy_root, tmp_path):
+    proc = run_tool('main', '--config-file', REPO / 'configs' / 'alfo_toy.yaml', '--root',
+                    toy_root, *TINY, 'data.save_dir', tmp_path, 'test.evaluate', 'True')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = metrics(tmp_path / 'eval-random-init')
+    assert result['epochs'] == 0 and result['results']['market1501_attr']['epoch'] == 0
+
+
 def test_visrank_keeps_the_attribute_metrics_and_captions_every_crop(runs, evaluation, toy_root):
     from PIL import Image
 
@@ -178,6 +186,10 @@ def test_visrank_shows_the_true_attributes_beside_the_predicted_ones(evaluation)
      'error: unknown config key: train.max_epochs; did you mean train.max_epoch? (in the '
      'command line)'),
     (['alfo.focal_gamma', '-0.5'], 'error: alfo.focal_gamma must be >= 0, got -0.5'),
+    (['train.start_epoch', '3'],
+     'error: train.start_epoch 3: a run starts at epoch 0, or where the checkpoint it resumes '
+     'ended; to continue a run, resume it with train.resume True (its model/latest.pth.tar) or '
+     'model.resume <checkpoint>, and set train.start_epoch 0'),
     (['data.root', '/nonexistent-root'],
      'error: dataset folder "/nonexistent-root/market1501" for market1501_attr does not exist'),
     (['model.pretrained', '/nonexistent/weights.pth'],
@@ -190,6 +202,14 @@ def test_bad_input_ends_with_one_line_and_status_2(toy_root, tmp_path, capsys, a
     assert status == 2
     assert 'Traceback' not in err
     assert err.strip().splitlines()[-1].startswith(message), err
+
+
+def test_a_config_yaml_holding_a_resumed_start_epoch_still_loads(tmp_path):
+    # earlier versions wrote a resumed run's start epoch into its config.yaml;
+    # only a training run refuses it
+    path = tmp_path / 'config.yaml'
+    path.write_text('train:\n  start_epoch: 6\n')
+    assert config.load_config(path).train.start_epoch == 6
 
 
 def test_an_unknown_key_names_the_nearest_known_ones(tmp_path):

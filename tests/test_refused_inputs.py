@@ -15,7 +15,7 @@ import torch
 import torchreid
 from alfo_run import CONFIG, REPO, load_tool, market_split, refusal, refused_run, run_tool
 
-from alfo_torchreid import config, reproduce
+from alfo_torchreid import config, reproduce, run as run_lib
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
 from alfo_torchreid.serving import gallery_index, inference
 from alfo_torchreid.utils import atomic, checkpoints, distributed
@@ -194,7 +194,23 @@ def _items(folder, text):
     (folder / json.loads((folder / 'index.json').read_text())['files']['items']).write_text(text)
 
 
+def _index_json(folder, change):
+    """Applies ``change`` to the dict of ``folder/index.json`` and writes it back."""
+    meta = json.loads((folder / 'index.json').read_text())
+    change(meta)
+    (folder / 'index.json').write_text(json.dumps(meta))
+
+
 DAMAGED_INDEXES = {
+    'no backend': (lambda f, i: _index_json(f, lambda m: m.pop('backend')),
+                   'its index.json has no "backend" (an object)'),
+    'no weights': (lambda f, i: _index_json(f, lambda m: m.pop('weights')),
+                   'its index.json has no "weights" (a path)'),
+    'no config': (lambda f, i: _index_json(f, lambda m: m.pop('config')),
+                  'its index.json has no "config" (a path)'),
+    'unknown backend': (lambda f, i: _index_json(f, lambda m: m['backend'].update(kind='hnsw')),
+                        'the "kind" of its index.json\'s "backend" is \'hnsw\', expected one '
+                        "of ['torch', 'faiss-flat', 'faiss-ivfpq']"),
     'int8 features': (lambda f, i: _features(f, i.features.astype(np.int8)),
                       'its features are a 2-D array of int8, expected 2-D float'),
     'complex features': (lambda f, i: _features(f, i.features.astype(np.complex64)),
@@ -238,11 +254,11 @@ def test_a_damaged_index_is_one_line_naming_what_is_wrong(damage, small_index, t
     ('--workers', '-1', 'the image-reading processes (--workers) must be an integer >= 0, '
                         'got -1'),
 ])
-def test_predict_refuses_a_batch_size_or_workers_it_cannot_use(option, value, expected,
-                                                               alfo_weights, toy_root,
-                                                               tmp_path):
-    line = refusal('predict', _query(toy_root), '--weights', alfo_weights,
-                     '--out', tmp_path / 'out', option, value)
+@pytest.mark.parametrize('command', [['predict'], ['search', 'index']])
+def test_a_batch_size_or_workers_it_cannot_use_is_refused_before_out_is_made(
+        command, option, value, expected, alfo_weights, toy_root, tmp_path):
+    line = refusal(*command, _query(toy_root), '--weights', alfo_weights,
+                   '--out', tmp_path / 'out', option, value)
     assert expected in line
     assert not (tmp_path / 'out').exists()
 
@@ -299,11 +315,47 @@ def _metrics(folder, **changes):
     ({'train_time_per_epoch': 'slow'}, '"train_time_per_epoch" is not a finite number'),
     ({'results': {'m': {'mAP': 0.5, 'cmc': [0.5], 'attributes': {
         'mA': 0.5, 'balanced_accuracy': {'gender': 'high'}}}}}, '"balanced_accuracy" of'),
+    ({'results': {'m': {'mAP': 0.5, 'cmc': [0.5], 'attributes': {
+        'mA': 0.5, 'balanced_accuracy': {'gender': float('inf')}}}}}, '"balanced_accuracy" of'),
+    ({'results': {'m': {'mAP': 0.5, 'cmc': [0.5], 'attributes': {
+        'mA': float('inf'), 'balanced_accuracy': {}}}}}, 'lack an "mA"'),
 ])
 def test_compare_refuses_metrics_that_are_not_fractions(changes, expected, tmp_path):
     run = _metrics(tmp_path / 'run', **changes)
     line = refusal('compare', run, '--out', tmp_path / 'report')
     assert f'"{run / "metrics.json"}" is not a metrics file' in line and expected in line, line
+    assert not (tmp_path / 'report').exists()
+
+
+def test_compare_accepts_attributes_without_any_known_label(tmp_path):
+    # tools/main.py on custom data whose gallery labels no one's hat (m), or
+    # nothing at all (n): NaN balanced accuracy and mA, as json writes them
+    nan = float('nan')
+    labelled = {'mA': 0.7, 'balanced_accuracy': {'gender': 0.7, 'hat': nan},
+                'mA_excluded': [], 'num_classes': {'gender': 2, 'hat': 2}}
+    unlabelled = dict(labelled, mA=nan, balanced_accuracy={'gender': nan, 'hat': nan})
+    run = _metrics(tmp_path / 'run', results={
+        'm': {'mAP': 0.5, 'cmc': [0.5], 'attributes': labelled},
+        'n': {'mAP': 0.5, 'cmc': [0.5], 'attributes': unlabelled}})
+    assert 'NaN' in (run / 'metrics.json').read_text()
+    status, out, err = run_tool('compare', run, '--out', tmp_path / 'report')
+    assert status == 0, err
+    assert '| run | alfo | m | 50.00 | - | - | 50.00 | 70.00 |' in out
+    assert '| run | alfo | n | 50.00 | - | - | 50.00 | nan |' in out
+    assert (tmp_path / 'report' / 'attributes.png').read_bytes()[:4] == b'\x89PNG'
+
+
+@pytest.mark.parametrize('damage', ['missing', 'not fractions'])
+def test_compare_checks_its_run_folders_before_training_any_config(damage, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setattr(run_lib, 'main',
+                        lambda *args, **kwargs: pytest.fail('a config was trained first'))
+    run = tmp_path / 'run'
+    if damage == 'not fractions':
+        _metrics(run, gflops=float('nan'))
+    line = refusal('compare', run, '--configs', CONFIG, '--out', tmp_path / 'report')
+    expected = 'has no metrics.json' if damage == 'missing' else 'is not a metrics file'
+    assert str(run) in line and expected in line, line
     assert not (tmp_path / 'report').exists()
 
 

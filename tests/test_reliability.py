@@ -20,7 +20,7 @@ from alfo_torchreid.data.attributes import DUKE_SCHEMA
 from alfo_torchreid.data.toy import write_attribute_mat
 from alfo_torchreid.utils import atomic, checkpoints, compat
 from alfo_torchreid.utils.errors import CheckpointError, TrainingError
-from alfo_torchreid.utils.run_folder import restore_history
+from alfo_torchreid.utils.run_folder import restore_history, resumed_history
 
 MAIN = load_tool('main').main
 
@@ -71,6 +71,9 @@ def test_a_save_failing_half_way_keeps_the_previous_checkpoint(tmp_path):
 RESUME_OPTS = ['train.max_epoch', '2', 'train.batch_size', '16', 'train.deterministic', 'True',
                'test.batch_size', '64', 'train.stepsize', '[1]', 'train.print_freq', '100']
 
+# a toy run takes seconds quiet and minutes under load: past this it is stuck
+HANG_S = 900
+
 
 def _start(toy_root, save_dir, *extra, pause_after=None):
     """tools/main.py on the toy config in a new process; with ``pause_after``
@@ -92,18 +95,29 @@ def _start(toy_root, save_dir, *extra, pause_after=None):
 
 
 def _output(proc, save_dir):
-    """Waits for ``proc`` (of :func:`_start`) to end; its stdout and stderr."""
-    proc.wait()
-    return save_dir.with_name(save_dir.name + '.out').read_text()
+    """Waits for ``proc`` (of :func:`_start`) to end; its stdout and stderr.
+    A run that has not ended after ``HANG_S`` fails the test instead of
+    hanging the suite (a toy run takes seconds, minutes on a loaded machine)."""
+    out = save_dir.with_name(save_dir.name + '.out')
+    try:
+        proc.wait(timeout=HANG_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f'run still going after {HANG_S} s: {out.read_text()[-2000:]}')
+    return out.read_text()
 
 
 def _wait_until_paused(proc, save_dir):
     """Waits until ``proc`` (started with ``pause_after``) has paused: an event
     of the run, not a guess of how long it takes. Fails if it ends first."""
-    paused = save_dir.with_name(save_dir.name + '.paused')
+    paused, deadline = save_dir.with_name(save_dir.name + '.paused'), time.monotonic() + HANG_S
     while not paused.exists():
         if proc.poll() is not None:
             pytest.fail(f'run ended before its pause: {_output(proc, save_dir)[-2000:]}')
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f'run not paused after {HANG_S} s: {_output(proc, save_dir)[-2000:]}')
         time.sleep(0.05)
 
 
@@ -114,7 +128,8 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(toy_root, tmp_path
     _wait_until_paused(second, killed)
     second.send_signal(signal.SIGKILL)
     assert second.wait() == -signal.SIGKILL
-    assert first.wait() == 0, _output(first, whole)[-2000:]
+    output = _output(first, whole)
+    assert first.returncode == 0, output[-2000:]
     assert not (killed / 'metrics.json').exists()
 
     resumed = _start(toy_root, killed, 'train.resume', 'True')
@@ -393,15 +408,27 @@ def test_a_run_killed_between_its_last_checkpoint_and_history_line_ends_as_it_wo
 
 def test_restoring_the_history_keeps_whole_lines_up_to_the_checkpoint(tmp_path):
     lines = [json.dumps({'epoch': e, 'loss': 1.0 / e}) + '\n' for e in (1, 2, 3)]
-    (tmp_path / 'history.jsonl').write_text(lines[0] + lines[1][:9])  # epoch 2's line torn
+    history = tmp_path / 'history.jsonl'
+    history.write_text(lines[0] + lines[1][:9])  # epoch 2's line torn
     with pytest.warns(UserWarning, match='dropped its last line'):
-        restore_history(str(tmp_path), 2, json.loads(lines[1]))
-    assert (tmp_path / 'history.jsonl').read_text() == lines[0] + lines[1]
-    restore_history(str(tmp_path), 2, json.loads(lines[1]))  # nothing missing: unchanged
-    assert (tmp_path / 'history.jsonl').read_text() == lines[0] + lines[1]
-    (tmp_path / 'history.jsonl').unlink()
-    restore_history(str(tmp_path), 1, json.loads(lines[0]))  # killed before the first line
-    assert (tmp_path / 'history.jsonl').read_text() == lines[0]
+        restore_history(str(tmp_path), resumed_history(str(tmp_path), 2, json.loads(lines[1])))
+    assert history.read_text() == lines[0] + lines[1]
+    assert resumed_history(str(tmp_path), 2, json.loads(lines[1])) is None  # nothing missing
+    history.unlink()
+    assert resumed_history(str(tmp_path), 1, json.loads(lines[0])) == \
+        lines[0].encode()  # killed before the first line
+
+
+def test_resuming_an_earlier_checkpoint_drops_the_history_of_the_later_epochs(tmp_path, capsys):
+    # model.resume of the snapshot of epoch 1 (no history line in it) in a run at epoch 3
+    lines = [json.dumps({'epoch': e, 'loss': 1.0 / e}) + '\n' for e in (1, 2, 3)]
+    history = tmp_path / 'history.jsonl'
+    history.write_text(''.join(lines))
+    content = resumed_history(str(tmp_path), 1)
+    assert history.read_text() == ''.join(lines)  # read only
+    assert 'dropped the lines of the epochs after 1' in capsys.readouterr().out
+    restore_history(str(tmp_path), content)
+    assert history.read_text() == lines[0]
 
 
 def _stale_partial_file(folder, name='.latest.pth.tar.0123456789ab.part'):
@@ -499,6 +526,19 @@ def test_a_second_evaluation_into_a_finished_evaluation_folder_is_refused(
     after = _snapshot(run)
     after.pop(Path('eval-model.pth.tar-1/.lock'), None)  # no content of a run
     assert after == before
+
+
+def test_a_damaged_history_is_refused_before_any_file_changes(finished_run, toy_root, tmp_path,
+                                                               capsys):
+    run = _copy_run(finished_run, tmp_path)
+    history = run / 'history.jsonl'
+    history.write_text('{"epoch": 1, "lo\n' + history.read_text())  # damaged, not the last line
+    _stale_partial_file(run / 'model')  # a refused run removes nothing, not even these
+    before = _snapshot(run)
+    status, _, err = _main(capsys, toy_root, run, 'train.resume', 'True', 'train.max_epoch', '2')
+    assert status == 2 and len(err) == 1, err
+    assert f'"{history}" line 1 is not a history record' in err[0] and 'damaged' in err[0]
+    assert _snapshot(run) == before
 
 
 def test_resuming_adam_as_amsgrad_is_refused_before_any_file_changes(finished_run, toy_root,

@@ -35,6 +35,9 @@ FALLING = {'resnet50_bnneck': ('loss_t', 'loss_c'), 'alfo': ('loss_triplet', 'lo
     (('alfo.global_branch', 'False'), 'alfo.neck bnneck needs alfo.global_branch True'),
     (('train.warmup_factor', '0.0'), r'train.warmup_factor must be in \(0, 1\]'),
     (('alfo.neck', 'bn'), "alfo.neck must be one of \\['none', 'bnneck'\\]"),
+    (('model.name', 'resnet50'), 'alfo.neck bnneck is for ALFO models; model.name resnet50 '
+                                 'would ignore it: for the strong baseline use model.name '
+                                 'resnet50_bnneck'),
 ])
 def test_strong_keys_refuse_what_cannot_work(opts, message):
     with pytest.raises(ConfigError, match=message):

@@ -43,6 +43,7 @@ def compare(runs, config_files, out):
     refuse_writing_over_inputs([osp.join(out, name) for name in report.REPORT_FILES],
                                {**{report.metrics_file(r): 'the metrics of a run' for r in runs},
                                 **dict.fromkeys(config_files, 'a config (--configs)')})
+    report.check_names([report.load_run(r) for r in runs], runs)  # before any training
     if config_files:
         from alfo_torchreid import run as run_lib
         for config_file in config_files:

@@ -18,7 +18,6 @@ the ranking as JSON, <query name>.json. Nothing is written without --out.
 import argparse
 import json
 import logging
-import os
 import os.path as osp
 import sys
 
@@ -91,9 +90,10 @@ def query_index(args):
     trained = inference.load_trained_alfo(weights, config_file, args.trust_checkpoint)
     gallery_index.check_identity(index, trained)
     feature, attributes = inference.predict_image(trained, query_path)
+    allowed = search.allowed_items(index, where)
     hits = search.rank_gallery(index, search.open_search(index),
                                trained.search_features(feature[None])[0], attributes, args.top,
-                               where, args.attr_weight)
+                               allowed, args.attr_weight)
     named = named_predictions(index.attributes[[h.row for h in hits]], index.schema)
     query_named = named_predictions(attributes[None], index.schema)[0]
     print('query: ' + ', '.join(format_prediction(n, query_named[n])
@@ -102,11 +102,10 @@ def query_index(args):
     for hit, prediction in zip(hits, named):
         print(f'{hit.rank:3d}  {hit.distance:10.4f}  {hit.path}  '
               f'{" / ".join(rank_grid.attribute_summary(prediction, index.schema))}')
-    allowed = search.allowed_items(index, where)
     passed = len(index.paths) if allowed is None else int(allowed.sum())
-    found = (f'{len(hits)} results; {passed} of {len(index.paths)} items pass '
+    found = (f'{len(hits)} results; {passed:,} of {len(index.paths):,} items pass '
              f'--where "{args.where}"' if where else
-             f'{len(hits)} results of {len(index.paths)} items')
+             f'{len(hits)} results of {len(index.paths):,} items')
     if files is None:
         print(f'{found} (--out FOLDER writes the picture and the ranking)')
         return
@@ -123,12 +122,12 @@ def query_index(args):
 
 
 def query_files(folder, query_path):
-    """The picture and the ranking of a query in the ``--out`` folder (made if
-    missing): ``<folder>/<query name>.png`` and ``.json``."""
+    """The picture and the ranking of a query in the ``--out`` folder:
+    ``<folder>/<query name>.png`` and ``.json`` (their writers make the folder
+    if missing, once the query has been ranked)."""
     if osp.exists(folder) and not osp.isdir(folder):
         raise SearchError(f'--out "{folder}" is a file; expected a folder for the picture and '
                           'the ranking')
-    os.makedirs(folder, exist_ok=True)
     stem = osp.join(folder, osp.splitext(osp.basename(query_path))[0])
     return stem + '.png', stem + '.json'
 

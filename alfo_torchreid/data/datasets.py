@@ -73,25 +73,39 @@ def parse_image_name(path, num_cams, max_pid):
             because it searches the whole path, misread.
     """
     match = IMAGE_NAME_PATTERN.search(path)
-    name_start = len(path) - len(osp.basename(path))
-    if match is None:
-        raise DatasetError(f'image "{path}": the name does not contain "<person id>_c<camera>" '
-                           '(e.g. 0002_c1s1_000451_03.jpg)')
-    if match.start() < name_start:
+    if match is not None and match.start() < len(path) - len(osp.basename(path)):
         raise DatasetError(f'image "{path}": its folder path contains "{match.group(0)}", which '
                            'torchreid would read as the person id and camera; move the dataset '
                            'to a folder without "<digits>_c<digit>" in its path')
-    try:
-        pid = int(match.group(1))
-    except ValueError:
-        raise DatasetError(
-            f'image "{path}": person id "{match.group(1)}" is not a number') from None
-    camid = int(match.group(2))
+    pid, camid = image_name_ids(path)
     if not -1 <= pid <= max_pid:
         raise DatasetError(f'image "{path}": person id {pid} is outside -1..{max_pid}')
     if not 1 <= camid <= num_cams:
         raise DatasetError(f'image "{path}": camera {camid} is outside 1..{num_cams}')
     return pid, camid
+
+
+def image_name_ids(path):
+    """The person id and camera written in an image's file name ``<pid>_c<camera>...``,
+    whatever their range.
+
+    Returns:
+        (pid, camid): ints, camid 1-based as in the name.
+
+    Raises:
+        DatasetError: naming the path, for a name without them or a person id
+            that is not a number.
+    """
+    match = IMAGE_NAME_PATTERN.search(osp.basename(path))
+    if match is None:
+        raise DatasetError(f'image "{path}": the name does not contain "<person id>_c<camera>" '
+                           '(e.g. 0002_c1s1_000451_03.jpg)')
+    try:
+        pid = int(match.group(1))
+    except ValueError:  # the pattern allows "12-3"
+        raise DatasetError(
+            f'image "{path}": person id "{match.group(1)}" is not a number') from None
+    return pid, int(match.group(2))
 
 
 def relabel_by_person_id(items):
@@ -103,6 +117,29 @@ def relabel_by_person_id(items):
     """
     labels = {pid: label for label, pid in enumerate(sorted({item[1] for item in items}))}
     return [(path, labels[pid], *rest) for path, pid, *rest in items]
+
+
+def refuse_unlabelled_training(unlabelled, labels_file, training):
+    """Refuses labels that leave training identities without any: most likely
+    another dataset's (Duke's annotation on Market's images). Query and gallery
+    identities may go unlabelled (their attributes are then unknown, -1).
+
+    Args:
+        unlabelled (set of int): the original person ids of the training
+            images that ``labels_file`` has no labels for.
+        labels_file (str): the labels' file as messages name it, e.g.
+            ``'attribute file "market_attribute.mat"'``.
+        training (str): where the training images are, e.g. their folder in quotes.
+
+    Raises:
+        AttributeFileError: naming both and a few of the ids, when ``unlabelled``
+            is not empty.
+    """
+    if unlabelled:
+        raise AttributeFileError(
+            f'{labels_file} has no labels for {len(unlabelled)} of the training identities of '
+            f'{training} (e.g. {", ".join(f"{p:04d}" for p in sorted(unlabelled)[:5])}); '
+            'is it the annotation of this dataset?')
 
 
 class AttributeMixin:
@@ -248,12 +285,8 @@ class AnnotatedReIDMixin(AttributeMixin):
                 unannotated.add(pid)
             junk = not from_train and pid in JUNK_PIDS
             image_attrs[img_path] = unknown if labels is None or junk else labels
-        if unannotated:
-            raise AttributeFileError(
-                f'attribute file "{annotation.path}" has no labels for {len(unannotated)} of the '
-                f'training identities of "{self.train_dir}" (e.g. '
-                f'{", ".join(f"{p:04d}" for p in sorted(unannotated)[:5])}); '
-                'is it the annotation of this dataset?')
+        refuse_unlabelled_training(unannotated, f'attribute file "{annotation.path}"',
+                                   f'"{self.train_dir}"')
         return image_attrs
 
     # torchreid hooks --------------------------------------------------------

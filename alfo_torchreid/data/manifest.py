@@ -20,9 +20,11 @@ and without a schema is an identity-only dataset (no attribute labels).
 :func:`read_manifest` checks everything before training, each fault one line
 naming the file, line and column: an unknown class, a missing image, an image
 listed twice, a split with no identity, a query identity with no gallery image
-from another camera. :func:`register_manifest_dataset` registers the dataset
-into torchreid under a name of the user's; training ids are relabelled in
-ascending id order, as :mod:`alfo_torchreid.data.datasets` does.
+from another camera, a training identity the labels per identity lack (as the
+built-in datasets refuse such an annotation; query and gallery identities may
+go unlabelled). :func:`register_manifest_dataset` registers the dataset into
+torchreid under a name of the user's; training ids are relabelled in ascending
+id order, as :mod:`alfo_torchreid.data.datasets` does.
 :func:`market_layout_rows` lists a tree in Market-1501's layout, the starting
 point ``tools/make_manifest.py`` writes.
 """
@@ -32,14 +34,15 @@ import glob
 import io
 import os
 import os.path as osp
+import re
 from dataclasses import dataclass
 from typing import Dict, List
 
 import numpy as np
 
 from alfo_torchreid.data.attributes import UNKNOWN, AttributeSchema, load_schema
-from alfo_torchreid.data.datasets import (IMAGE_NAME_PATTERN, AttributeMixin,
-                                          relabel_by_person_id)
+from alfo_torchreid.data.datasets import (AttributeMixin, image_name_ids,
+                                          refuse_unlabelled_training, relabel_by_person_id)
 from alfo_torchreid.data.schema_file import shipped_schema_path
 from alfo_torchreid.utils import compat
 from alfo_torchreid.utils.atomic import write_file
@@ -48,6 +51,7 @@ from alfo_torchreid.utils.errors import ConfigError, DatasetError
 COLUMNS = ('image', 'pid', 'camid', 'split')
 SPLITS = ('train', 'query', 'gallery')
 IDENTITY_COLUMN = 'pid'
+INTEGER = re.compile(r'-?[0-9]+')  # what a pid, camid or class index may be
 
 
 @dataclass
@@ -79,6 +83,8 @@ def read_manifest(path, schema=None, identity_attributes=None, name='custom'):
 
     Raises:
         DatasetError: naming the file, line and column at fault.
+        AttributeFileError: ``identity_attributes`` has no labels for a
+            training identity.
     """
     header, rows = _read_csv(path, 'manifest')
     schema, columns = _label_columns(path, header, schema, identity_attributes, name)
@@ -94,7 +100,7 @@ def read_manifest(path, schema=None, identity_attributes=None, name='custom'):
         items[split].append((image, pid, camid, 0))
         image_attrs[image] = _read_labels(where, dict(zip(columns, row[len(COLUMNS):])), schema)
     if identity_attributes:
-        _label_identities(identity_attributes, schema, items, image_attrs)
+        _label_identities(identity_attributes, schema, items, image_attrs, path)
     _check_splits(path, items, first_line)
     return Manifest(relabel_by_person_id(items['train']), items['query'], items['gallery'],
                     image_attrs, schema)
@@ -176,11 +182,11 @@ def _read_item(where, row, root):
 
 
 def _integer(text, low):
-    """``int(text)`` if it is an integer >= ``low``, else None."""
-    try:
-        value = int(text)
-    except ValueError:
+    """``int(text)`` if it is an integer >= ``low`` in ASCII digits, else None
+    (``int`` alone would also take ``1_000``, and ``'²'.isdigit()`` is True)."""
+    if not INTEGER.fullmatch(text):
         return None
+    value = int(text)
     return value if value >= low else None
 
 
@@ -191,11 +197,11 @@ def _read_labels(where, cells, schema):
         text = cells.get(name, '')
         if text in ('', str(UNKNOWN)):
             continue
-        classes = schema.class_names(name)
+        classes, index = schema.class_names(name), _integer(text, 0)
         if text in classes:
             labels[a] = classes.index(text)
-        elif text.isdigit() and int(text) < len(classes):
-            labels[a] = int(text)
+        elif index is not None and index < len(classes):
+            labels[a] = index
         else:
             raise DatasetError(
                 f'{where}, column "{name}": "{text}" is not a class of {name}; expected one of '
@@ -203,8 +209,10 @@ def _read_labels(where, cells, schema):
     return labels
 
 
-def _label_identities(path, schema, items, image_attrs):
-    """Gives every image the labels of its identity in the CSV ``path``."""
+def _label_identities(path, schema, items, image_attrs, manifest):
+    """Gives every image the labels of its identity in the CSV ``path``, which
+    must label every training identity of the ``manifest`` (a query or gallery
+    identity it lacks is unknown, -1, as in the built-in datasets)."""
     header, rows = _read_csv(path, 'identity attributes')
     if not header or header[0] != IDENTITY_COLUMN:
         raise DatasetError(f'identity attributes "{path}", line 1: the header must start with '
@@ -221,6 +229,8 @@ def _label_identities(path, schema, items, image_attrs):
                                f'{line_of[pid]})')
         line_of[pid] = line
         by_pid[pid] = _read_labels(where, dict(zip(header[1:], row[1:])), schema)
+    refuse_unlabelled_training({pid for _, pid, *_ in items['train']} - by_pid.keys(),
+                               f'identity attributes "{path}"', f'manifest "{manifest}"')
     unknown = np.full(len(schema), UNKNOWN, dtype=np.int64)
     for split_items in items.values():
         for image, pid, *_ in split_items:
@@ -324,28 +334,30 @@ def market_layout_rows(data_dir, relative_to, annotation=None):
 
     Raises:
         DatasetError: a missing split folder, or an image name without pid and camera.
+        AttributeFileError: ``annotation`` has no labels for a training identity.
     """
     schema = annotation.schema if annotation is not None else None
     header = list(COLUMNS) + (list(schema.names) if schema else [])
-    rows = []
+    rows, unlabelled = [], set()
     for folder, split in MARKET_FOLDERS.items():
         folder_path = osp.join(data_dir, folder)
         if not osp.isdir(folder_path):
             raise DatasetError(f'folder "{folder_path}" does not exist; expected '
                                f'{", ".join(MARKET_FOLDERS)} in "{data_dir}"')
         for path in sorted(glob.glob(osp.join(folder_path, '*.jpg'))):
-            match = IMAGE_NAME_PATTERN.search(osp.basename(path))
-            if match is None:
-                raise DatasetError(f'image "{path}": the name does not start with '
-                                   '"<person id>_c<camera>" (e.g. 0002_c1s1_000451_03.jpg)')
-            pid, camid = int(match.group(1)), int(match.group(2))
+            pid, camid = image_name_ids(path)
             if pid == -1:
                 continue
             row = [osp.relpath(path, relative_to), str(pid), str(camid), split]
             if schema:
-                row += _class_cells(schema, annotation.split(
-                    'train' if split == 'train' else 'test').get(pid))
+                labels = annotation.split('train' if split == 'train' else 'test').get(pid)
+                if labels is None and split == 'train':
+                    unlabelled.add(pid)
+                row += _class_cells(schema, labels)
             rows.append(row)
+    if schema:
+        refuse_unlabelled_training(unlabelled, f'attribute file "{annotation.path}"',
+                                   f'"{osp.join(data_dir, "bounding_box_train")}"')
     return header, rows
 
 

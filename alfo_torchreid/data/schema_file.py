@@ -27,13 +27,15 @@ import os
 import yaml
 
 from alfo_torchreid.utils.errors import AttributeFileError
+from alfo_torchreid.utils.yaml_keys import UniqueKeyLoader
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'schemas')
 KEYS = ('dataset', 'attributes', 'colour_groups')
 
 
-class _TextLoader(yaml.SafeLoader):
-    """YAML's safe loader with every plain scalar read as a string."""
+class _TextLoader(UniqueKeyLoader):
+    """YAML's safe loader with every plain scalar read as a string and no key
+    given twice (a second ``gender:`` would silently replace the first)."""
 
 
 _TextLoader.yaml_implicit_resolvers = {}
@@ -124,6 +126,8 @@ def _check_groups(groups, attributes, fail):
             fail(f'colour group "{group}": expected a list of at least 2 attributes, got '
                  f'{members!r}')
         for member in members:
+            if not isinstance(member, str):
+                fail(f'colour group "{group}": member {member!r} is not an attribute name')
             if member not in attributes:
                 fail(f'colour group "{group}": attribute "{member}" is not in "attributes"')
             if len(attributes[member]) != 2:

@@ -57,6 +57,7 @@ class CenterTerm:
         if use_gpu:
             self.loss = self.loss.cuda()
         self.weight = weight
+        self.lr = lr
         self.optimizer = torch.optim.SGD(self.loss.parameters(), lr=lr)
 
     def __call__(self, features, pids):
@@ -73,10 +74,17 @@ class CenterTerm:
         return {'centers': self.loss.state_dict(), 'optimizer': self.optimizer.state_dict()}
 
     def load_state_dict(self, state):
-        """Restores :meth:`state_dict`'s result (nothing when ``state`` is None)."""
+        """Restores :meth:`state_dict`'s result (nothing when ``state`` is None).
+        The learning rate stays :attr:`lr`, the config's, as the run's own
+        optimizer keeps the config's settings over a checkpoint's."""
         if state is not None:
             self.loss.load_state_dict(state['centers'])
             self.optimizer.load_state_dict(state['optimizer'])
+            for group in self.optimizer.param_groups:
+                if group['lr'] != self.lr:
+                    print(f'Resume: the config\'s loss.center.lr {self.lr:g} replaces the '
+                          f'checkpoint\'s {group["lr"]:g}')
+                    group['lr'] = self.lr
 
 
 def _with_frozen_centers(loss, features, pids):

@@ -10,7 +10,9 @@ and the test results kept for ``tools/main.py`` to save.
 
 :class:`ImageFocalVoteEngine` is ALFO's: its ``forward_backward`` adds the
 voted focal attribute loss (and, with ``loss.name triplet``, torchreid's hard
-triplet loss on the retrieval feature) to the identity loss, and its
+triplet loss on ``ALFOOutputs.features``: the retrieval feature read before the
+neck, i.e. with ``alfo.neck bnneck`` the global feature before the BNNeck,
+whereas retrieval uses it after) to the identity loss, and its
 evaluation adds the attribute metrics of each target's gallery. ``run()`` and
 ``test()`` are torchreid's.
 
@@ -102,8 +104,12 @@ class ResumableEngineMixin:
         precision: :class:`alfo_torchreid.engine.precision.MixedPrecision` of the
             training steps (``train.amp``; fp32 when None). Its gradient
             scaler's state goes into ``latest.pth.tar``.
-        channels_last: whether batches go to the model in channels-last memory
-            format (``train.channels_last``; the model was converted by the run).
+        channels_last: whether the batches this package's steps feed the model
+            go in channels-last memory format (``train.channels_last``; the
+            model was converted by the run): the test's extraction, ALFO's
+            training step and the center-loss triplet step. torchreid's own
+            steps (BaselineEngine's, BaselineTripletEngine's without a center
+            loss) feed the batches as loaded.
         description: what every checkpoint says the model is
             (:mod:`alfo_torchreid.utils.description`; ``tools/main.py`` gives
             its config's). None: :meth:`default_description` at :meth:`run`.
@@ -144,7 +150,7 @@ class ResumableEngineMixin:
         if self.description is None:
             self.description = self.default_description(kwargs)
             if self.description is not None and distributed.is_main_process():
-                self._write_config(save_dir, kwargs)
+                self._write_config(save_dir, dict(kwargs, test_only=test_only))
         if not distributed.is_main_process():
             self.writer = _NoWriter()
         elif start_epoch > 0 and not test_only and self.writer is None:
@@ -607,7 +613,7 @@ class ImageFocalVoteEngine(BaselineEngine):
         distractors), or None when the dataset has no attributes the model knows."""
         dataset = self.test_loader[dataset_name]['gallery'].dataset
         schema = getattr(dataset, 'schema', None)
-        if schema is None or any(n not in self.schema.names for n in schema.names):
+        if not schema or any(n not in self.schema.names for n in schema.names):
             return None
         labels = convert_labels(np.stack([dataset.image_attrs[item[0]] for item in gallery_items]),
                                 schema, self.schema)

@@ -8,8 +8,10 @@
   optimizer stay fp32. fp16 gradients are scaled by ``torch.amp.GradScaler``
   against underflow (bf16 has fp32's range and needs no scaling).
 * ``train.channels_last``: ``auto`` (on when training on CUDA, where cuDNN's
-  convolutions are faster in NHWC), ``on`` or ``off``: the model's weights
-  and the input batches in ``torch.channels_last`` memory format.
+  convolutions are faster in NHWC), ``on`` or ``off``: the model's weights in
+  ``torch.channels_last`` memory format, and the batches of the test and of
+  ALFO's (and the center-loss triplet) training steps; torchreid's baseline
+  steps feed theirs as loaded.
 """
 import contextlib
 

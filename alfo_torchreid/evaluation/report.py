@@ -80,11 +80,12 @@ def _metrics_problem(run):
             return (f'results of "{dataset}" lack an "mAP" and a "cmc" list of fractions in '
                     '[0, 1]')
         attrs = res.get('attributes')
-        if attrs is not None and not (isinstance(attrs, dict) and _number(attrs.get('mA')) and
-                                      isinstance(attrs.get('balanced_accuracy'), dict) and
-                                      all(map(_number, attrs['balanced_accuracy'].values()))):
+        if attrs is not None and not (
+                isinstance(attrs, dict) and _fraction_or_nan(attrs.get('mA')) and
+                isinstance(attrs.get('balanced_accuracy'), dict) and
+                all(map(_fraction_or_nan, attrs['balanced_accuracy'].values()))):
             return (f'attribute results of "{dataset}" lack an "mA" and "balanced_accuracy" '
-                    'of fractions in [0, 1]')
+                    'of fractions in [0, 1] (or NaN)')
     return None
 
 
@@ -92,6 +93,13 @@ def _number(value, high=1.0):
     """Whether ``value`` is a number (not a boolean) in ``[0, high]``; NaN is not."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and \
         0 <= value <= high
+
+
+def _fraction_or_nan(value):
+    """Whether ``value`` is a number in ``[0, 1]`` or NaN: the balanced accuracy
+    of an attribute without any known label in the test split, and the mA of
+    none (:func:`~alfo_torchreid.evaluation.metrics.attribute_metrics`)."""
+    return _number(value) or (isinstance(value, float) and math.isnan(value))
 
 
 def check_names(runs, run_dirs):
@@ -215,9 +223,12 @@ class AttributePlot:
 def attribute_plot(runs):
     """The :class:`AttributePlot` of ``runs``' attribute results (a
     ``metrics.json`` written before ``num_classes`` and ``mA_excluded`` were:
-    binary attributes, none flagged)."""
+    binary attributes, none flagged). The attributes are those of every
+    series, in first-seen order (a Duke run beside a Market run keeps its
+    own); a series without one shows no bar there."""
     results = _attribute_results(runs)
-    names = list(results[0][1]['balanced_accuracy']) if results else []
+    names = list(dict.fromkeys(name for _, attributes in results
+                               for name in attributes['balanced_accuracy']))
     classes = {}
     for _, attributes in results:
         classes.update(attributes.get('num_classes', {}))

@@ -91,8 +91,8 @@ class ALFO(compat.ResNet):
         num_classes: training identities (size of the identity classifier).
         schema: the :class:`~alfo_torchreid.data.attributes.AttributeSchema` of the heads.
         loss: torchreid's loss name, ``'softmax'`` or ``'triplet'``; the output
-            is the same for both (:class:`ALFOOutputs` carries the retrieval
-            features a triplet loss needs), the losses are
+            is the same for both (:class:`ALFOOutputs` carries the features
+            a triplet loss needs, read before the neck), the losses are
             :class:`alfo_torchreid.losses.ALFOLoss`'s.
         last_stride: stride of ResNet's last stage, 1 (a 16x8 map for 256x128
             inputs) or 2 (8x4).

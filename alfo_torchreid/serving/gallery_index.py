@@ -17,11 +17,12 @@ names them::
 
 An update holds the folder's lock (``.lock``, as a run folder's,
 :class:`RunFolder`): a second update of the same folder at the same time is
-refused, naming the first's pid. It names the new generation's files in
-``.generation.json``, writes them, then replaces ``index.json`` atomically,
-then removes the files of the old generation that ``index.json`` listed (and
-no other file: a user's ``features-deadbeef.npy`` stays), then
-``.generation.json``. An interrupted update leaves the previous index whole;
+refused, naming the first's pid. It names the new generation's files and
+the old one's in ``.generation.json``, writes the new ones, then replaces
+``index.json`` atomically, then removes the files of the old generation that
+``index.json`` listed (and no other file: a user's ``features-deadbeef.npy``
+stays), then ``.generation.json``. An interrupted update leaves a whole
+index (the previous one, or the new one once ``index.json`` is replaced);
 the next one removes the files that ``.generation.json`` names and
 ``index.json`` does not, and the temporary files of a killed write. It
 re-extracts only the images that are new or whose size or modification time
@@ -43,9 +44,10 @@ from typing import List, Tuple
 import numpy as np
 
 from alfo_torchreid.data.attributes import AttributeSchema
-from alfo_torchreid.serving.inference import Predictions, find_images, model_files, predict
-from alfo_torchreid.serving.search import (build_ivfpq, default_backend, import_faiss,
-                                           search_settings)
+from alfo_torchreid.serving.inference import (Predictions, check_loader_settings, find_images,
+                                              model_files, predict)
+from alfo_torchreid.serving.search import (BACKENDS, build_ivfpq, default_backend,
+                                           import_faiss, search_settings)
 from alfo_torchreid.utils.atomic import replacing, write_file
 from alfo_torchreid.utils.errors import SearchError
 from alfo_torchreid.utils.own_inputs import refuse_writing_over_inputs
@@ -53,7 +55,7 @@ from alfo_torchreid.utils.run_folder import RunFolder
 
 FORMAT = 1
 META_FILE = 'index.json'
-PENDING_FILE = '.generation.json'  # the files of the generation being written
+PENDING_FILE = '.generation.json'  # the files of the generations an update replaces
 CHECK_CHUNK = 100000  # rows checked at a time when an index is opened
 _GENERATION_FILE = re.compile(r'(features|attributes|items|ivfpq)-[0-9a-f]{8}\.(npy|csv|faiss)')
 
@@ -137,10 +139,18 @@ def load_index(folder):
 
 
 def index_problem(index):
-    """What makes a loaded index unusable (None if nothing): arrays that are
-    not 2-D float, row counts that differ from ``index.json``'s count,
+    """What makes a loaded index unusable (None if nothing): an ``index.json``
+    without the weights and config paths or a known search backend, arrays
+    that are not 2-D float, row counts that differ from ``index.json``'s count,
     attribute columns that are not its schema's, values that are not finite
     or probabilities outside [0, 1]."""
+    for key, kind, word in (('weights', str, 'a path'), ('config', str, 'a path'),
+                            ('backend', dict, 'an object')):
+        if not isinstance(index.meta.get(key), kind):
+            return f'its {META_FILE} has no "{key}" ({word})'
+    if index.meta['backend'].get('kind') not in BACKENDS:
+        return (f'the "kind" of its {META_FILE}\'s "backend" is '
+                f'{index.meta["backend"].get("kind")!r}, expected one of {list(BACKENDS)}')
     count, arrays = index.meta['count'], (('features', index.features),
                                            ('attributes', index.attributes))
     for name, array in arrays:
@@ -238,6 +248,7 @@ def _update(lock, trained, paths, backend, batch_size, workers, progress):
         check_identity(old, trained)
     backend = backend or (old.backend if old is not None else default_backend(len(paths)))
     search_settings(backend, len(paths))  # refuse a backend before extracting anything
+    check_loader_settings(batch_size, workers)  # and a loader, before the folder is made
     lock.claim()  # made, locked and cleared of stale partial files once the update goes ahead
     remove_unfinished_generation(folder, () if old is None else old.meta['files'].values())
     stamps = {path: file_stamp(path) for path in paths}
@@ -272,7 +283,9 @@ def write_generation(folder, meta, paths, stamps, features, attributes, old_file
     """Writes a new generation of the index in ``folder`` (see the module's
     docstring), ``index.json`` last; then removes ``old_files``, the names of
     the generation files that the previous ``index.json`` listed. A write that
-    fails removes what it wrote (the previous index stays whole)."""
+    fails removes what it wrote (the previous index stays whole); an update
+    killed before the end leaves both generations' names in
+    ``.generation.json`` for :func:`remove_unfinished_generation`."""
     generation = secrets.token_hex(4)
     files = {'features': f'features-{generation}.npy',
              'attributes': f'attributes-{generation}.npy',
@@ -280,7 +293,8 @@ def write_generation(folder, meta, paths, stamps, features, attributes, old_file
     if meta['backend']['kind'] == 'faiss-ivfpq':
         files['ivfpq'] = f'ivfpq-{generation}.faiss'
     pending = osp.join(folder, PENDING_FILE)
-    write_file(pending, json.dumps(sorted(files.values())).encode())
+    # the old names too: a kill after index.json is replaced leaves them to the next update
+    write_file(pending, json.dumps(sorted({*files.values(), *old_files})).encode())
     try:
         _write_files(folder, dict(meta, files=files), paths, stamps, features, attributes)
     except BaseException:  # Ctrl-C may come just after index.json was replaced
@@ -309,9 +323,11 @@ def _write_files(folder, meta, paths, stamps, features, attributes):
 
 
 def remove_unfinished_generation(folder, listed):
-    """Removes the files of a generation whose update stopped before its
-    ``index.json``: those that ``.generation.json`` names and ``listed`` (the
-    names ``index.json`` lists) does not; then ``.generation.json``."""
+    """Removes the files of the generation that an unfinished update did not
+    leave in ``index.json`` (the new one when it stopped before replacing
+    ``index.json``, the old one after): those that ``.generation.json`` names
+    and ``listed`` (the names ``index.json`` lists) does not; then
+    ``.generation.json``."""
     pending = osp.join(folder, PENDING_FILE)
     try:
         with open(pending) as f:

@@ -194,7 +194,7 @@ def _model_config(weights, described, config_file, given):
                 f'{description.format_differences(differing)}; the checkpoint holds the '
                 'settings it was trained with (leave out --config to use them)')
     cfg = config.get_config()
-    config.adopt_settings(cfg, described['settings'])
+    config.adopt_settings(cfg, config.described_only(described['settings']))
     return cfg, bool(described['normalize_feature'])
 
 
@@ -280,6 +280,21 @@ def _collate(items):
     return [i for i, _ in read], images, failed
 
 
+def check_loader_settings(batch_size, workers):
+    """Refuses a ``batch_size`` below 1 or ``workers`` below 0 (of :func:`predict`),
+    so that a tool can refuse them before it makes its output folder.
+
+    Raises:
+        ConfigError: naming the option (``--batch-size``, ``--workers``).
+    """
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ConfigError(f'the batch size (--batch-size) must be an integer >= 1, got '
+                          f'{batch_size}')
+    if not (isinstance(workers, int) and workers >= 0):
+        raise ConfigError(f'the image-reading processes (--workers) must be an integer >= 0, '
+                          f'got {workers}')
+
+
 @torch.no_grad()
 def predict(trained, paths, batch_size=64, workers=0, progress=None):
     """Features and attribute probabilities of image files, in batches.
@@ -296,12 +311,7 @@ def predict(trained, paths, batch_size=64, workers=0, progress=None):
     Returns:
         Predictions
     """
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ConfigError(f'the batch size (--batch-size) must be an integer >= 1, got '
-                          f'{batch_size}')
-    if not (isinstance(workers, int) and workers >= 0):
-        raise ConfigError(f'the image-reading processes (--workers) must be an integer >= 0, '
-                          f'got {workers}')
+    check_loader_settings(batch_size, workers)
     loader = torch.utils.data.DataLoader(_ImageFiles(paths, trained.transform), batch_size,
                                          num_workers=workers, collate_fn=_collate)
     show = sys.stderr.isatty() if progress is None else progress

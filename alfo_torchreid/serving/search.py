@@ -312,7 +312,7 @@ def check_query_settings(top, attr_weight):
                           f'{attr_weight}')
 
 
-def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where=None,
+def rank_gallery(index, searcher, query_feature, query_attributes, top=20, allowed=None,
                  attr_weight=0.0):
     """The ``top`` gallery items for one query.
 
@@ -321,8 +321,8 @@ def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where
         searcher: its :func:`open_search`.
         query_feature: ``[D]``, as the index stores features (normalised or not).
         query_attributes: ``[K]`` the query's attribute probabilities.
-        where: conditions of :func:`~alfo_torchreid.evaluation.attribute_match.parse_where`;
-            only items whose predicted attributes meet all of them are ranked.
+        allowed: ``[N]`` bool, the only items ranked: those whose predicted
+            attributes meet a ``--where`` filter (:func:`allowed_items`); None: all.
         attr_weight: in ``[0, MAX_ATTR_WEIGHT]``; above 0, items are ranked by
             the re-ID distance plus ``attr_weight * s_q * A``
             (:func:`attribute_reranked`). The nearest items by re-ID distance
@@ -336,7 +336,6 @@ def rank_gallery(index, searcher, query_feature, query_attributes, top=20, where
     """
     check_query_settings(top, attr_weight)
     schema = index.schema
-    allowed = allowed_items(index, where)
     available = len(index.paths) if allowed is None else int(allowed.sum())
     if available == 0:
         return []

@@ -126,15 +126,15 @@ def _unsafe_globals(fpath):
         return ['(unknown: legacy pickle format)']
 
 
-def load_checkpoint(fpath, trust=False, map_location='cpu'):
-    """Loads a checkpoint written by ``torch.save`` without running code from it.
+def load_checkpoint(fpath, trust=False):
+    """Loads a checkpoint written by ``torch.save`` without running code from it,
+    onto the CPU, so that a GPU checkpoint loads on any machine
+    (``load_state_dict`` moves the tensors where the model is).
 
     Args:
         fpath (str): checkpoint path.
         trust (bool): allow full unpickling for files that need it. Only for
             files from a source you trust: unpickling can run arbitrary code.
-        map_location: as in ``torch.load``; ``'cpu'`` by default so that a GPU
-            checkpoint loads on any machine (``load_state_dict`` moves tensors).
 
     Returns:
         The loaded object (a dict for torchreid checkpoints).
@@ -148,7 +148,7 @@ def load_checkpoint(fpath, trust=False, map_location='cpu'):
         raise CheckpointError(f'checkpoint "{fpath}" does not exist')
     try:
         with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(fpath, map_location=map_location, weights_only=True)
+            return torch.load(fpath, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust:
             raise UntrustedCheckpointError(
@@ -162,7 +162,7 @@ def load_checkpoint(fpath, trust=False, map_location='cpu'):
             f'checkpoint "{fpath}" is not a readable torch checkpoint ({exc}); '
             'the file may be truncated or of another format') from None
     try:
-        return torch.load(fpath, map_location=map_location, weights_only=False)
+        return torch.load(fpath, map_location='cpu', weights_only=False)
     except Exception as exc:
         raise CheckpointError(f'checkpoint "{fpath}" cannot be loaded ({exc}; '
                               f'first error: {detail})') from None
@@ -299,8 +299,9 @@ def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=Non
     and RNG states (:func:`restore_rng_states`).
 
     The checkpoint must fit ``num_classes`` and ``model.schema`` and have been
-    written with the same optimizer setup (type and parameter groups); the
-    settings of ``optimizer`` and ``scheduler`` as built from the config
+    written with the same optimizer setup (type and parameter groups) and,
+    exactly when ``center`` is given, a center loss; the settings of
+    ``optimizer``, ``scheduler`` and ``center`` as built from the config
     (learning rate, weight decay, momentum, milestones, ...) replace the saved
     ones, and each replacement is printed.
 
@@ -335,11 +336,25 @@ def load_training_state(fpath, model, num_classes, optimizer=None, scheduler=Non
         _restore_scheduler(scheduler, checkpoint['scheduler'], optimizer, fpath)
     if precision is not None:
         precision.load_state_dict(checkpoint.get('grad_scaler'))
+    _check_center_loss(checkpoint.get('center_loss') is not None, center is not None, fpath)
     if center is not None:
-        center.load_state_dict(checkpoint.get('center_loss'))
+        center.load_state_dict(checkpoint['center_loss'])
     if restore_rng and 'rng' in checkpoint:
         restore_rng_states(checkpoint)
     return int(checkpoint['epoch']), checkpoint
+
+
+def _check_center_loss(saved, built, fpath):
+    """Refuses a checkpoint whose run had a center loss (``saved``) when this
+    run has none (``built``), or the reverse: the centers would be lost, or
+    start afresh in the middle of a run."""
+    if saved != built:
+        differs = ('with a center loss and this run has none' if saved else
+                   'without a center loss and this run has one')
+        raise CheckpointError(
+            f'checkpoint "{fpath}" was saved by a run {differs}: loss.center.weight must be 0 '
+            'in both or above 0 in both to resume it (to start a new run from its weights, use '
+            f'model.load_weights "{fpath}" with another data.save_dir)')
 
 
 def _settings(group, progress):

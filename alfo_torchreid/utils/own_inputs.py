@@ -11,7 +11,7 @@ import os
 from alfo_torchreid.utils.errors import OutputError
 
 
-def refuse_writing_over_inputs(outputs, inputs, option='--out'):
+def refuse_writing_over_inputs(outputs, inputs):
     """Raises OutputError when a file of ``outputs`` is one of ``inputs``.
 
     Two paths name the same file when they reach the same inode (through
@@ -22,8 +22,6 @@ def refuse_writing_over_inputs(outputs, inputs, option='--out'):
         outputs (iterable of str): the files the command will write.
         inputs (dict): ``{path: what it is}`` of the files it reads, e.g.
             ``{'run/model/model.pth.tar-60': 'the weights (--weights)'}``.
-        option (str): the option that names the outputs, which the message
-            asks to change.
     """
     read = {}
     for path, what in inputs.items():
@@ -34,8 +32,8 @@ def refuse_writing_over_inputs(outputs, inputs, option='--out'):
         key = _file_key(out)
         if key in read:
             path, what = read[key]
-            raise OutputError(f'{option} would write "{out}" over {what} "{path}", which this '
-                              f'command reads: give another {option}')
+            raise OutputError(f'--out would write "{out}" over {what} "{path}", which this '
+                              'command reads: give another --out')
 
 
 def _file_key(path):

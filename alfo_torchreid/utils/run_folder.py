@@ -10,7 +10,8 @@ left behind, in the folders a run writes. A gallery index folder is locked the
 same way.
 
 :func:`read_history` reads ``history.jsonl``, dropping a torn last line;
-:func:`restore_history` makes it end at the checkpoint a run resumes from.
+:func:`resumed_history` gives it ending at the checkpoint a run resumes from,
+which :func:`restore_history` writes.
 """
 import contextlib
 import fcntl
@@ -202,9 +203,12 @@ def _records(data, path):
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 
-def restore_history(save_dir, epoch, record=None):
-    """Makes ``history.jsonl`` end at the checkpoint a run resumes from, before
-    the resumed run appends to it (rewritten atomically when it changes).
+def resumed_history(save_dir, epoch, record=None):
+    """``history.jsonl`` ending at the checkpoint a run resumes from: the
+    records of the epochs up to it, the later ones (which the run trains
+    again) dropped. Reads only: a run calls it before it writes anything, so a
+    damaged file is refused with the folder as it was; :func:`restore_history`
+    writes the result once the run goes ahead.
 
     A torn last line is dropped with a warning. The engine writes an epoch's
     line just after its checkpoint, so a crash between the two leaves the
@@ -215,19 +219,34 @@ def restore_history(save_dir, epoch, record=None):
         save_dir (str): the run folder.
         epoch (int): the epoch of the checkpoint resumed from (1-based).
         record (dict): that epoch's history record, as the checkpoint holds
-            it (None for checkpoints written before it did).
+            it (None for checkpoints written before it did, and for snapshots).
+
+    Returns:
+        The file's new content (bytes), or None when it needs no change.
+
+    Raises:
+        RunFolderError: a line other than the last is not a history record.
     """
     path = osp.join(save_dir, HISTORY)
     data = _bytes_of(path)
-    kept = data[:data.rfind(b'\n') + 1]  # whole lines
-    if kept != data:
-        warnings.warn(f'"{path}": dropped its last line, cut short by an interrupted write')
-    if record is not None and epoch not in [r['epoch'] for r in _records(kept, path)]:
-        kept += (json.dumps(record) + '\n').encode()
+    records = _records(data, path)
+    kept = [r for r in records if int(r['epoch']) <= epoch]
+    if len(kept) < len(records):
+        print(f'"{path}": dropped the lines of the epochs after {epoch}, which this run '
+              'trains again')
+    if record is not None and epoch not in [int(r['epoch']) for r in kept]:
+        kept.append(record)
         print(f'"{path}": put back the line of epoch {epoch}, kept in its checkpoint '
               '(the run stopped between the two writes)')
-    if kept != data:
-        write_file(path, kept)
+    content = ''.join(json.dumps(r) + '\n' for r in kept).encode()
+    return None if content == data else content
+
+
+def restore_history(save_dir, content):
+    """Writes ``content``, :func:`resumed_history`'s result, into
+    ``history.jsonl`` atomically (nothing when it is None)."""
+    if content is not None:
+        write_file(osp.join(save_dir, HISTORY), content)
 
 
 def _bytes_of(path):

@@ -23,7 +23,8 @@ import pytest
 import torch
 import torchreid
 import yaml
-from alfo_run import REPO, history_without_times, load_tool, market_split, refused_run, run_tool
+from alfo_run import (REPO, history_without_times, load_tool, market_split, refusal, refused_run,
+                      run_tool)
 from test_schema_file import mutations
 
 from alfo_torchreid import config
@@ -64,7 +65,7 @@ def trained(*args):
 
 
 def write_csv(path, rows):
-    with open(path, 'w', newline='') as f:
+    with open(path, 'w', newline='', encoding='utf-8') as f:
         csv.writer(f).writerows(rows)
 
 
@@ -323,6 +324,10 @@ FAULTS = {
     'missing image': (lambda rows: rows[5].__setitem__(0, 'gone.jpg'),
                       r'line 6, column "image": ".*gone.jpg" does not exist'),
     'bad pid': (lambda rows: rows[2].__setitem__(1, 'x7'), r'line 3, column "pid": "x7"'),
+    'pid with underscore': (lambda rows: rows[2].__setitem__(1, '1_000'),
+                            r'line 3, column "pid": "1_000" is not an integer >= 0'),
+    'superscript class index': (lambda rows: rows[2].__setitem__(5, '²'),
+                                r'line 3, column "age": "²" is not a class of age'),
     'camera 0': (lambda rows: rows[2].__setitem__(2, '0'), r'line 3, column "camid": "0" is not'),
     'unknown split': (lambda rows: rows[2].__setitem__(3, 'test'),
                       r'line 3, column "split": "test" is not one of train, query, gallery'),
@@ -375,6 +380,66 @@ def test_make_manifest_refuses_a_missing_split_and_an_existing_manifest(toy_data
     assert 'exists (it may hold labels written by hand); pass --force' in capsys.readouterr().err
     assert tool.main([data_dir, '--out', str(tmp_path / 'm.csv'), '--force']) == 0
     assert (tmp_path / 'm.csv').read_text().startswith('image,pid,camid,split\n')
+
+
+def test_make_manifest_refuses_a_person_id_that_is_not_a_number(tmp_path):
+    for folder in ('bounding_box_train', 'query', 'bounding_box_test'):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / '0001_c1_000.jpg').write_bytes(b'')
+    odd = tmp_path / 'bounding_box_train' / '12-3_c1_000.jpg'
+    odd.write_bytes(b'')
+    line = refusal('make_manifest', tmp_path, '--out', tmp_path / 'm.csv')
+    assert line == f'error: image "{odd}": person id "12-3" is not a number'
+    assert not (tmp_path / 'm.csv').exists()
+
+
+def test_make_manifest_refuses_another_datasets_annotation(toy_datasets, tmp_path):
+    market, duke = toy_datasets['market1501'], toy_datasets['dukemtmcreid']
+    unlabelled = sorted(set(market.train_labels) - set(duke.train_labels))
+    line = refusal('make_manifest', market.data_dir, '--out', tmp_path / 'm.csv',
+                   '--attributes', duke.attribute_file)
+    ids = ', '.join(f'{p:04d}' for p in unlabelled[:5])
+    assert line == (f'error: attribute file "{duke.attribute_file}" has no labels for '
+                    f'{len(unlabelled)} of the training identities of '
+                    f'"{market.data_dir / "bounding_box_train"}" (e.g. {ids}); is it the '
+                    'annotation of this dataset?')
+    assert not (tmp_path / 'm.csv').exists()
+
+
+def identities_without(custom_root, tmp_path, pids):
+    """custom_root's identities.csv without the rows of ``pids``: its path."""
+    with open(custom_root / 'identities.csv', newline='') as f:
+        rows = [row for row in csv.reader(f) if row[0] not in {str(p) for p in pids}]
+    write_csv(tmp_path / 'identities.csv', rows)
+    return tmp_path / 'identities.csv'
+
+
+def test_labels_per_identity_must_label_every_training_identity(custom_root, toy_datasets,
+                                                                tmp_path):
+    dropped = sorted(toy_datasets['market1501'].train_labels)[1:3]
+    labels = identities_without(custom_root, tmp_path, dropped)
+    with pytest.raises(AttributeFileError) as raised:
+        read_manifest(custom_root / 'manifest.csv', load_schema(custom_root / 'schema.yaml'),
+                      str(labels))
+    ids = ', '.join(f'{p:04d}' for p in dropped)
+    assert str(raised.value) == (
+        f'identity attributes "{labels}" has no labels for 2 of the training identities of '
+        f'manifest "{custom_root / "manifest.csv"}" (e.g. {ids}); is it the annotation of this '
+        'dataset?')
+
+
+def test_a_test_identity_without_labels_per_identity_is_unknown(custom_root, toy_datasets,
+                                                                tmp_path):
+    # as the built-in datasets: only training identities must be labelled
+    dropped = sorted(toy_datasets['market1501'].test_labels)[0]
+    labels = identities_without(custom_root, tmp_path, [dropped])
+    contents = read_manifest(custom_root / 'manifest.csv',
+                             load_schema(custom_root / 'schema.yaml'), str(labels))
+    unlabelled = [contents.image_attrs[item[0]] for item in contents.query + contents.gallery
+                  if item[1] == dropped]
+    assert unlabelled and all((labels == -1).all() for labels in unlabelled)
+    others = [contents.image_attrs[item[0]] for item in contents.query if item[1] != dropped]
+    assert others and all((labels != -1).all() for labels in others)
 
 
 def test_labels_in_two_places_or_without_schema_are_refused(custom_root):

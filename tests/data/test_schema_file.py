@@ -99,10 +99,14 @@ BAD_FILES = {
     'comma in name': ('dataset: x\nattributes: {"a,b": [no, yes]}\n', "attribute 'a,b'"),
     'unknown member': ('dataset: x\nattributes: {a: [no, yes], b: [no, yes]}\n'
                        'colour_groups: {g: [a, c]}\n', 'attribute "c" is not in "attributes"'),
+    'member a list': ('dataset: x\nattributes: {a: [no, yes], b: [no, yes]}\n'
+                      'colour_groups: {g: [a, [b]]}\n', "member ['b'] is not an attribute name"),
     'multi-class member': ('dataset: x\nattributes: {a: [no, yes], b: [x, y, z]}\n'
                            'colour_groups: {g: [a, b]}\n', 'a group member must be binary'),
     'member twice': ('dataset: x\nattributes: {a: [no, yes], b: [no, yes], c: [no, yes]}\n'
                      'colour_groups: {g: [a, b], h: [b, c]}\n', 'already in group "g"'),
+    'attribute twice': ('dataset: x\nattributes:\n  a: [no, yes]\n  b: [no, yes]\n  a: [x, y]\n',
+                        'line 5: key "a" is given twice in one mapping (first on line 3)'),
     'bad yaml': ('dataset: x\nattributes: [\n', 'cannot be read as YAML'),
 }
 
@@ -138,6 +142,8 @@ def mutations(rng, text=CUSTOM):
         ('empty attributes', lambda c: c.update(attributes={})),
         ('group of one', lambda c: c['colour_groups'].update({group: [member]})),
         ('group naming a stranger', lambda c: c['colour_groups'][group].append('stranger')),
+        ('group member a list', lambda c: c['colour_groups'][group].append([member])),
+        ('group member a mapping', lambda c: c['colour_groups'][group].append({member: 1})),
         ('dataset a list', lambda c: c.update(dataset=['a'])),
         ('groups a list', lambda c: c.update(colour_groups=[member])),
         ('extra key', lambda c: c.update({rng.choice(['name', 'classes', 'attrs']): 1})),

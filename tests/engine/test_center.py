@@ -1,9 +1,12 @@
 """Center loss (alfo_torchreid.engine.center) by hand: its value, the
 gradients BoT gives the network and the centers, the centers' SGD step and
-the state a checkpoint keeps."""
+the state a checkpoint keeps, and what resuming it keeps from the config."""
+import pytest
 import torch
 
 from alfo_torchreid.engine.center import CenterLoss, CenterTerm
+from alfo_torchreid.utils import checkpoints
+from alfo_torchreid.utils.errors import CheckpointError
 
 N, D, WEIGHT, LR = 3, 4, 0.0005, 0.5
 # float32 sums of a few products of values ~1
@@ -61,3 +64,37 @@ def test_state_round_trip():
     assert torch.equal(other.loss.centers, term.loss.centers)
     other.load_state_dict(None)  # a checkpoint without one: nothing changes
     assert torch.equal(other.loss.centers, term.loss.centers)
+
+
+def test_a_resumed_term_steps_at_the_configs_learning_rate(capsys):
+    features, pids = batch()
+    term = CenterTerm(N, D, WEIGHT, LR)
+    term(features, pids).backward()
+    term.optimizer.step()
+    resumed = CenterTerm(N, D, WEIGHT, lr=0.1)  # loss.center.lr changed before resuming
+    resumed.load_state_dict(term.state_dict())
+    assert "the config's loss.center.lr 0.1 replaces the checkpoint's 0.5" in \
+        capsys.readouterr().out
+    centers = resumed.loss.centers.detach().clone()
+    resumed(features, pids).backward()
+    resumed.optimizer.step()
+    torch.testing.assert_close(resumed.loss.centers.detach(),
+                               centers - 0.1 * resumed.loss.centers.grad, **TOL)
+
+
+@pytest.mark.parametrize('saved, resumed, expected', [
+    (True, False, 'was saved by a run with a center loss and this run has none'),
+    (False, True, 'was saved by a run without a center loss and this run has one'),
+])
+def test_resuming_with_the_center_loss_turned_on_or_off_is_refused(tmp_path, saved, resumed,
+                                                                   expected):
+    model = torch.nn.Linear(D, N)
+    optimizer = torch.optim.Adam(model.parameters())
+    path = tmp_path / 'latest.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'epoch': 1, 'optimizer': optimizer.state_dict(),
+                **({'center_loss': CenterTerm(N, D, WEIGHT, LR).state_dict()} if saved else {})},
+               path)
+    with pytest.raises(CheckpointError, match=f'{expected}: loss.center.weight must be 0 in both '
+                                              'or above 0 in both'):
+        checkpoints.load_training_state(path, model, N, optimizer,
+                                        center=CenterTerm(N, D, WEIGHT, LR) if resumed else None)

@@ -294,6 +294,26 @@ def test_a_killed_process_is_restarted_and_the_job_ends_as_an_uninterrupted_one(
     assert len(latest['rng_ranks']) == 2 and latest['rng_ranks'][0]['python'] == latest['rng']['python']
 
 
+def test_a_restarted_job_resumes_from_latest_even_when_it_was_started_with_model_resume(
+        tmp_path, monkeypatch):
+    from alfo_torchreid import config, run
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    started_from = tmp_path / 'elsewhere.pth.tar'
+    latest = tmp_path / 'run' / 'model' / 'latest.pth.tar'
+    latest.parent.mkdir(parents=True)
+    for path, epoch in ((started_from, 2), (latest, 5)):
+        torch.save({'state_dict': model.state_dict(), 'epoch': epoch,
+                    'optimizer': optimizer.state_dict()}, path)
+    cfg = config.load_config(opts=['model.resume', started_from,
+                                   'data.save_dir', tmp_path / 'run', 'use_gpu', 'False'])
+    monkeypatch.delenv('TORCHELASTIC_RESTART_COUNT', raising=False)
+    assert run.resume(cfg, model, 2, optimizer, None)[:2] == (2, str(started_from))
+    # torchrun restarts the job with the first attempt's command line, model.resume included
+    monkeypatch.setenv('TORCHELASTIC_RESTART_COUNT', '1')
+    assert run.resume(cfg, model, 2, optimizer, None)[:2] == (5, str(latest))
+
+
 # -- the vote and the loss over processes, computed as two processes would ---
 
 def as_two_processes(step, inputs):

@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 from fake_cuda import cuda_reported_available, fake_cuda
 
 import alfo_torchreid  # noqa: F401  (registers market1501_attr and alfo)
+from alfo_torchreid.data.attributes import MARKET_SCHEMA, AttributeSchema
 from alfo_torchreid.data.toy import make_toy_dataset
 from alfo_torchreid.engine.engine import HISTORY, ImageFocalVoteEngine, ResumableEngineMixin
 from alfo_torchreid.evaluation.metrics import attribute_metrics
@@ -290,6 +292,15 @@ def test_torchreids_evaluator_gives_identical_results(trained, tmp_path):
     for key in ('rank1', 'mAP', 'cmc'):
         assert results['alfo'][key] == pytest.approx(results['torchreid'][key], abs=1e-6), key
     assert 0 < results['alfo']['mAP'] < 1
+
+
+def test_a_target_without_attributes_has_no_truths_to_draw():
+    # an identity-only dataset (a manifest without a schema) has an empty schema
+    gallery = SimpleNamespace(schema=AttributeSchema('custom', (), (), {}),
+                              image_attrs={'a.jpg': np.zeros(0, dtype=np.int64)})
+    engine = SimpleNamespace(schema=MARKET_SCHEMA,
+                             test_loader={'custom': {'gallery': SimpleNamespace(dataset=gallery)}})
+    assert ImageFocalVoteEngine._gallery_truths(engine, 'custom', [('a.jpg', 0, 0, 0)]) is None
 
 
 def test_gallery_attribute_metrics_match_an_independent_pass(trained):

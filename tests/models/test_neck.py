@@ -7,7 +7,8 @@ import torch.nn.functional as F
 import torchreid
 
 import alfo_torchreid  # noqa: F401  (registers resnet50_bnneck)
-from alfo_torchreid.models import ALFO, BNNeck
+from alfo_torchreid import config
+from alfo_torchreid.models import ALFO, NECKS, BNNeck
 from alfo_torchreid.utils.errors import ConfigError
 
 B, N = 6, 5
@@ -128,6 +129,10 @@ def test_bad_neck_and_neck_without_global_branch_are_refused():
         ALFO(N, num_parts=2, neck='bn')
     with pytest.raises(ConfigError, match='needs the global branch'):
         ALFO(N, num_parts=2, neck='bnneck', global_branch=False)
+
+
+def test_the_config_offers_the_necks_the_models_build():
+    assert config.NECKS is NECKS  # one list, not a copy that could drift
 
 
 def test_neck_trains_its_scale_only():

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from alfo_run import market_split, run_tool
+from alfo_run import market_split, refusal, run_tool
 from PIL import Image
 
 from alfo_torchreid.data.attributes import MARKET_SCHEMA
@@ -80,7 +80,8 @@ def test_query_round_trip_filters_ranks_and_frames(index, trained_alfo, toy_root
     np.testing.assert_allclose([h['distance'] for h in result['hits']], distances,
                                rtol=2 * FLOAT64_SUM_ERROR)
     assert np.all(np.diff(distances) >= 0)
-    found = f'{len(rows)} results; {len(rows)} of {len(female)} items pass --where "gender=female"'
+    found = (f'{len(rows)} results; {len(rows):,} of {len(female):,} items pass '
+             '--where "gender=female"')
     assert out.strip().splitlines()[-1] == f'{found}; picture "{png}", ranking "{ranking}"'
     assert (result['passed'], result['items']) == (len(rows), len(female))
     # the picture names the filter; frames: green for the query's person, red for others
@@ -109,7 +110,7 @@ def test_query_writes_nothing_without_out(index, toy_root, tmp_path, capsys, mon
                                   '--top', '5')
     assert status == 0, err
     assert out.strip().splitlines()[-1] == \
-        f'5 results of {len(index.paths)} items (--out FOLDER writes the picture and the ranking)'
+        f'5 results of {len(index.paths):,} items (--out FOLDER writes the picture and the ranking)'
     assert list(tmp_path.iterdir()) == []
 
 
@@ -123,6 +124,23 @@ def test_out_names_a_folder_not_a_file(index, toy_root, tmp_path, capsys):
         'picture and the ranking'
 
 
+def test_a_refused_query_makes_no_out_folder(index, tmp_path):
+    line = refusal('search', 'query', index.folder, tmp_path / 'missing.jpg',
+                   '--out', tmp_path / 'searches')
+    assert 'missing.jpg' in line
+    assert not (tmp_path / 'searches').exists()
+
+
+def test_a_where_filter_is_computed_once_per_query(index, toy_root, monkeypatch):
+    masks = []
+    monkeypatch.setattr(search, 'where_mask',
+                        lambda *args: masks.append(args) or where_mask(*args))
+    status, out, err = run_tool('search', 'query', index.folder, query_image(toy_root),
+                                '--where', 'gender=female')
+    assert status == 0, err
+    assert len(masks) == 1
+
+
 def test_a_filter_nobody_passes_is_said_with_its_count(index, toy_root, tmp_path, capsys,
                                                        monkeypatch):
     where = 'gender=male,gender=female'  # no one is both
@@ -131,7 +149,7 @@ def test_a_filter_nobody_passes_is_said_with_its_count(index, toy_root, tmp_path
     status, out, err = run_tool('search', 'query', index.folder, query_image(toy_root),
                                   '--where', where, '--out', tmp_path)
     assert status == 0, err
-    found = f'0 results; 0 of {len(index.paths)} items pass --where "{where}"'
+    found = f'0 results; 0 of {len(index.paths):,} items pass --where "{where}"'
     assert out.strip().splitlines()[-1].startswith(found + '; picture')
     assert ''.join(text for text, _ in drawn[0].title).replace(' ', '') == found.replace(' ', '')
     assert len(drawn[0].cells) == 1  # the query alone
@@ -282,6 +300,30 @@ def test_an_interrupted_update_leaves_nothing_behind(index, trained_alfo, toy_ro
     updated, _ = gallery_index.build_index(folder, trained_alfo, [gallery])
     assert {p.name for p in folder.iterdir()} == {'index.json', '.lock', mine.name,
                                                   *updated.meta['files'].values()}
+
+
+def test_an_update_killed_after_its_index_json_leaves_the_old_files_to_the_next(
+        index, trained_alfo, toy_root, tmp_path, monkeypatch):
+    folder, gallery = tmp_path / 'index', market_split(toy_root, 'bounding_box_test')
+    shutil.copytree(index.folder, folder)
+    old = set(index.meta['files'].values())
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill between index.json and the old files' removal
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gallery_index, '_remove_generation_files', killed)
+        with pytest.raises(KeyboardInterrupt):
+            gallery_index.build_index(folder, trained_alfo, [gallery])
+    interrupted = gallery_index.load_index(folder)  # the new generation, whole
+    assert old <= {p.name for p in folder.iterdir()}
+    assert not old & set(interrupted.meta['files'].values())
+    updated, _ = gallery_index.build_index(folder, trained_alfo, [gallery])
+    assert {p.name for p in folder.iterdir()} == {'index.json', '.lock',
+                                                  *updated.meta['files'].values()}
+    hits = search.rank_gallery(updated, search.open_search(updated),
+                               np.array(updated.features[0]), np.array(updated.attributes[0]), 3)
+    assert hits[0].row == 0 and hits[0].distance == 0
 
 
 def test_a_second_update_of_a_locked_index_folder_names_the_holder(alfo_weights, toy_root,

@@ -15,6 +15,7 @@ from alfo_run import (CONFIG, checkpoint_model, load_tool, market_split, refused
 from alfo_torchreid import config
 from alfo_torchreid.data.attributes import MARKET_SCHEMA, AttributeSchema
 from alfo_torchreid.engine import ImageFocalVoteEngine
+from alfo_torchreid.serving import inference
 from alfo_torchreid.utils import description, weights
 from alfo_torchreid.utils.checkpoints import load_checkpoint
 from alfo_torchreid.utils.errors import CheckpointError
@@ -43,21 +44,38 @@ def main_run(toy_root, module_tmp):
     return run
 
 
+def python_engine(toy_root):
+    """The README's "Using it from Python": its engine on the toy data at 128x64."""
+    datamanager = torchreid.data.ImageDataManager(
+        root=str(toy_root), sources='market1501_attr', height=128, width=64,
+        batch_size_train=16, workers=0)
+    model = torchreid.models.build_model('alfo', datamanager.num_train_pids,
+                                         loss='softmax', pretrained=False)
+    optimizer = torchreid.optim.build_optimizer(model, optim='adam', lr=0.0003)
+    return ImageFocalVoteEngine(datamanager, model, optimizer, use_gpu=False)
+
+
 @pytest.fixture(scope='module')
 def python_run(toy_root, module_tmp):
-    """The README's "Using it from Python", on the toy data at 128x64 for one
-    epoch: the run folder."""
+    """:func:`python_engine` trained for one epoch: the run folder."""
     run = module_tmp('python') / 'run'
     with contextlib.redirect_stdout(io.StringIO()):
-        datamanager = torchreid.data.ImageDataManager(
-            root=str(toy_root), sources='market1501_attr', height=128, width=64,
-            batch_size_train=16, workers=0)
-        model = torchreid.models.build_model('alfo', datamanager.num_train_pids,
-                                             loss='softmax', pretrained=False)
-        optimizer = torchreid.optim.build_optimizer(model, optim='adam', lr=0.0003)
-        engine = ImageFocalVoteEngine(datamanager, model, optimizer, use_gpu=False)
-        engine.run(save_dir=str(run), max_epoch=1, print_freq=100)
+        python_engine(toy_root).run(save_dir=str(run), max_epoch=1, print_freq=100)
     return run
+
+
+def test_an_evaluation_from_python_writes_a_config_that_says_so(toy_root, tmp_path):
+    with contextlib.redirect_stdout(io.StringIO()):
+        python_engine(toy_root).run(save_dir=str(tmp_path), test_only=True)
+    cfg = config.load_config(tmp_path / 'config.yaml')
+    assert cfg.test.evaluate is True and config.described_settings(cfg) == TOY_SETTINGS
+
+
+def test_a_tool_adopts_only_the_described_keys():
+    described = description.describe(dict(TOY_SETTINGS, **{'data.save_dir': '/elsewhere'}), 8)
+    cfg, _ = inference._model_config('weights.pth.tar', described, '', False)
+    assert config.described_settings(cfg) == TOY_SETTINGS
+    assert cfg.data.save_dir == config.get_config().data.save_dir
 
 
 def test_every_checkpoint_carries_the_models_description(main_run, python_run):
@@ -152,3 +170,16 @@ def test_differences_name_each_key_and_a_malformed_description_is_refused():
     assert description.of_checkpoint({'state_dict': {}}) is None
     with pytest.raises(CheckpointError, match='"w.pth" has a malformed \'description\''):
         description.of_checkpoint({'description': {'num_classes': 8}}, 'w.pth')
+
+
+def test_an_evaluation_adopts_only_the_described_keys(tmp_path):
+    from alfo_torchreid import run
+    weights_file = tmp_path / 'foreign.pth.tar'
+    settings = dict(TOY_SETTINGS, **{'data.height': 256, 'data.save_dir': str(tmp_path / 'x')})
+    torch.save({'state_dict': {}, description.KEY: description.describe(settings, 8)},
+               weights_file)
+    cfg = config.load_config(CONFIG, ['data.save_dir', tmp_path / 'run', 'test.evaluate', 'True',
+                                      'model.load_weights', weights_file, 'use_gpu', 'False'])
+    said = run.adopt_checkpoint_description(cfg)
+    assert said.endswith('holds: data.height 256 (config: 128)')
+    assert cfg.data.height == 256 and cfg.data.save_dir == str(tmp_path / 'run')
