@@ -2,7 +2,8 @@
 
 Every ```` ```bash ```` block of README.md is split into commands (a trailing
 backslash continues a line, ``#`` starts a comment); every ```` ```python ````
-block is one program. They run one after the other in one scratch folder that
+block is one program. They run one after the other, in README order whatever
+order the tests are taken in (:class:`ReadmeSession`), in one scratch folder that
 holds the project's ``configs/`` and the files a user would bring (``query.jpg``,
 ``other.jpg``, ``photos/``: toy query images), in this process:
 ``python tools/X.py ARGS`` calls tools/X.py's ``main(ARGS)``, ``make demo``
@@ -30,6 +31,7 @@ import re
 import runpy
 import shlex
 import shutil
+import traceback
 
 import pytest
 
@@ -180,23 +182,58 @@ def test_every_step_is_a_tool_a_python_program_or_skipped_with_a_reason():
             assert text == 'make demo' or re.match(r'python tools/\w+\.py', text), text
 
 
+class ReadmeSession:
+    """The README's steps run once each, in README order, whatever order
+    pytest takes their tests in (``pytest -p randomly``): a step's test first
+    runs the steps before it that have not run, as a user would have."""
+
+    def __init__(self, scratch, toy_root):
+        self.scratch, self.toy_root, self.failures = scratch, toy_root, []
+
+    def failure(self, number):
+        """What went wrong in step ``number`` (None: it ran well or is skipped),
+        running it and the steps before it first where they have not run."""
+        while len(self.failures) <= number:
+            self.failures.append(self._run(len(self.failures)))
+        return self.failures[number]
+
+    def _run(self, number):
+        language, text = STEPS[number]
+        if language == 'bash' and skip_reason(text):
+            return None
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                status = self._status(language, text)
+        except Exception:  # the step's failure, reported by its own test
+            return f'{text}\n{out.getvalue()[-3000:]}{traceback.format_exc()}'
+        finally:
+            remove_resume_states(self.scratch, keep=resumed_folders(STEPS[number + 1:]))
+        output = out.getvalue() + err.getvalue()
+        if status not in (0, None) or 'Traceback' in output:
+            return f'{text}\nexit status {status}\n{output[-6000:]}'
+        return None
+
+    def _status(self, language, text):
+        if language == 'bash':
+            return run_bash(text, self.toy_root)
+        exec(compile(substituted(text, self.toy_root), 'README.md', 'exec'), {})
+        return 0
+
+
+@pytest.fixture(scope='module')
+def readme(scratch, toy_root):
+    return ReadmeSession(scratch, toy_root)
+
+
 @pytest.mark.parametrize('number', range(len(STEPS)),
                          ids=[f'{i:02d}-{text.splitlines()[0][:60]}'
                               for i, (_, text) in enumerate(STEPS)])
-def test_readme_step(number, scratch, toy_root, monkeypatch, capsys):
+def test_readme_step(number, readme, monkeypatch):
     language, text = STEPS[number]
     reason = skip_reason(text) if language == 'bash' else None
     if reason:
         pytest.skip(reason)
-    monkeypatch.chdir(scratch)
-    if language == 'bash':
-        status = run_bash(text, toy_root)
-    else:
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(substituted(text, toy_root), 'README.md', 'exec'), {})
-        status = 0
-    output = capsys.readouterr()
-    assert status in (0, None), f'{text}\nexit status {status}\n{output.out[-3000:]}' \
-                                f'{output.err[-3000:]}'
-    assert 'Traceback' not in output.out + output.err
-    remove_resume_states(scratch, keep=resumed_folders(STEPS[number + 1:]))
+    monkeypatch.chdir(readme.scratch)
+    failure = readme.failure(number)
+    assert failure is None, failure
