@@ -599,7 +599,7 @@ def check_config(cfg):
         raise ConfigError(f'alfo.neck {a.neck} is for ALFO models; model.name {cfg.model.name} '
                           'would ignore it: for the strong baseline use model.name '
                           'resnet50_bnneck (always with a BNNeck), or leave alfo.neck none')
-    if a.neck != 'none' and not a.global_branch and is_alfo(cfg):
+    if a.neck != 'none' and not a.global_branch:
         raise ConfigError(f'alfo.neck {a.neck} needs alfo.global_branch True: the neck sits '
                           'between the global pool and the identity classifier')
     if cfg.test.visrank and not cfg.test.evaluate:
