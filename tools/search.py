@@ -102,7 +102,7 @@ def query_index(args):
     for hit, prediction in zip(hits, named):
         print(f'{hit.rank:3d}  {hit.distance:10.4f}  {hit.path}  '
               f'{" / ".join(rank_grid.attribute_summary(prediction, index.schema))}')
-    passed = len(index.paths) if allowed is None else int(allowed.sum())
+    passed = search.allowed_count(index, allowed)
     found = (f'{len(hits)} results; {passed:,} of {len(index.paths):,} items pass '
              f'--where "{args.where}"' if where else
              f'{len(hits)} results of {len(index.paths):,} items')

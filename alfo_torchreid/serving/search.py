@@ -301,6 +301,12 @@ def allowed_items(index, where):
     return where_mask(where, torch.from_numpy(np.array(index.attributes)), index.schema).numpy()
 
 
+def allowed_count(index, allowed):
+    """How many items of ``index`` the ``allowed`` mask of :func:`allowed_items`
+    lets through (all of them when it is None)."""
+    return len(index.paths) if allowed is None else int(allowed.sum())
+
+
 def check_query_settings(top, attr_weight):
     """Refuses a ``top`` below 1 and an ``attr_weight`` outside
     ``[0, MAX_ATTR_WEIGHT]`` (NaN, infinite, or so large that distances overflow)."""
@@ -336,7 +342,7 @@ def rank_gallery(index, searcher, query_feature, query_attributes, top=20, allow
     """
     check_query_settings(top, attr_weight)
     schema = index.schema
-    available = len(index.paths) if allowed is None else int(allowed.sum())
+    available = allowed_count(index, allowed)
     if available == 0:
         return []
     query_attributes = torch.as_tensor(np.asarray(query_attributes)).reshape(1, -1)
